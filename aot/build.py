@@ -1,0 +1,306 @@
+"""Ahead-of-time build: Triton source -> cubin + PTX per variant -> generated C++ table.
+
+    python -m aot.build --out build/aot        (setup.py runs this; needs Triton, no GPU, no driver)
+
+For every (arch, op, precision, layout, tile config) that aot/spec.py and the arch's tuning table
+ask for, compile the kernel for an explicit GPUTarget, read its registers / stack / shared memory
+with the cuobjdump inside the Triton wheel, enforce the per-arch limits, and write into --out:
+  kernels/<variant>.cubin, kernels/<variant>.ptx   the binaries (embedded into the .so by .incbin)
+  fusedops_kernels.cpp                            variant table, rule table, one launcher per variant
+  manifest.json                                   every variant with its metadata (also embedded)
+Compiles are cached under --cache by a hash of everything that affects the binary.
+"""
+import argparse
+import concurrent.futures as futures
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aot import spec  # noqa: E402
+
+CACHE_FORMAT = "3"  # bump when the compile recipe below changes
+
+
+def load_tuning_table(arch):
+    """The tuning table for an arch: its own file, else the nearest arch that has one."""
+    tables = {int(p.stem[3:]): p for p in (ROOT / "aot" / "tuning").glob("sm_*.json")}
+    if not tables:
+        raise SystemExit("aot/tuning holds no sm_*.json tuning table")
+    source = arch if arch in tables else min(tables, key=lambda a: (abs(a - arch), a > arch))
+    table = json.loads(tables[source].read_text())
+    for key, rules in table["rules"].items():
+        if not rules or any(k in rules[-1] for k in ("max_m", "max_n", "max_k")):
+            raise SystemExit(f"{tables[source].name}: rules[{key!r}] must end with a catch-all rule")
+    return source, table
+
+
+def plan_variants(archs):
+    """Every variant to compile, and the ordered selection rules that point at them."""
+    variants, rules, index = [], [], {}
+
+    def variant_for(arch, op, precision, layout, config):
+        config = {k: int(config[k]) for k in spec.CONFIG_KEYS}
+        key = (arch, op, precision, layout, tuple(config.values()))
+        if key not in index:
+            tag = "m{BLOCK_M}n{BLOCK_N}k{BLOCK_K}g{GROUP_M}w{num_warps}s{num_stages}".format(**config)
+            index[key] = len(variants)
+            variants.append(dict(name=f"{op}__{precision}__sm{arch}__{layout}__{tag}", arch=arch, op=op,
+                                 precision=precision, layout=layout, config=config))
+        return index[key]
+
+    for arch in archs:
+        table_arch, table = load_tuning_table(arch)
+        for op in spec.OPS:
+            for precision, (_, _, table_key) in spec.PRECISIONS.items():
+                for rule in table["rules"][table_key]:
+                    if "ops" in rule and op not in rule["ops"]:
+                        continue
+                    rules.append(dict(arch=arch, op=op, precision=precision, layout="aligned",
+                                      max_m=rule.get("max_m", -1), max_n=rule.get("max_n", -1),
+                                      max_k=rule.get("max_k", -1),
+                                      variant=variant_for(arch, op, precision, "aligned", rule["config"])))
+                rules.append(dict(arch=arch, op=op, precision=precision, layout="generic", max_m=-1, max_n=-1,
+                                  max_k=-1, variant=variant_for(arch, op, precision, "generic",
+                                                                table["generic"][table_key])))
+        for v in variants:
+            if v["arch"] == arch:
+                v["tuning_table"] = f"sm_{table_arch}.json"
+    return variants, rules
+
+
+def kernel_signature(precision, layout):
+    """Triton signature, constexprs and divisibility attributes for one variant."""
+    import triton.language  # noqa: F401  (the kernel module needs it importable)
+    from kernels.fused_linear import fused_linear_kernel as kernel
+
+    elem = spec.PRECISIONS[precision][0]
+    layout_spec = spec.LAYOUTS[layout]
+    names = kernel.arg_names
+    signature, constexprs = {}, {}
+    for name in names:
+        if name in spec.ARG_TYPES:
+            signature[name] = spec.ARG_TYPES[name].replace("X", elem)
+    for name in layout_spec["unit_strides"]:
+        constexprs[name] = 1
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in layout_spec["divisible_by_16"]}
+    return kernel, names, signature, constexprs, attrs
+
+
+def compile_variant(variant, cache_dir):
+    """Compile one variant (or take it from the cache). Runs in a worker process."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    kernel, names, signature, constexprs, attrs = kernel_signature(variant["precision"], variant["layout"])
+    config = variant["config"]
+    constexprs = dict(constexprs, EPILOGUE=spec.OPS[variant["op"]], DOT=spec.PRECISIONS[variant["precision"]][1],
+                      **{k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")})
+    full_signature = {n: ("constexpr" if n in constexprs else signature[n]) for n in names}
+    runtime_args = [n for n in names if n not in constexprs]
+
+    key_src = json.dumps([CACHE_FORMAT, triton.__version__, (ROOT / spec.KERNEL_SOURCE).read_text(),
+                          variant["arch"], full_signature, sorted(constexprs.items()),
+                          sorted((str(k), v) for k, v in attrs.items()), config], sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+    entry = Path(cache_dir) / key
+    if (entry / "meta.json").exists():
+        meta = json.loads((entry / "meta.json").read_text())
+        return dict(variant, **meta, cache_key=key, cached=True)
+
+    target = GPUTarget("cuda", variant["arch"], 32)
+    backend = triton.compiler.make_backend(target)
+    options = backend.parse_options({"num_warps": config["num_warps"], "num_stages": config["num_stages"]})
+    src = triton.compiler.ASTSource(fn=kernel, signature=full_signature, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=target, options=options.__dict__)
+    md = compiled.metadata
+    if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):
+        raise RuntimeError(f"{variant['name']}: kernel needs global/profile scratch memory; the launcher passes none")
+    ptx = compiled.asm["ptx"]
+    header = ptx[ptx.index(".entry"):ptx.index(")", ptx.index(".entry"))]
+    extra_params = header.count(".param") - len(runtime_args)
+    if not 0 <= extra_params <= 2:
+        raise RuntimeError(f"{variant['name']}: PTX has {header.count('.param')} params for "
+                           f"{len(runtime_args)} runtime arguments; this Triton's ABI is unknown")
+    tmp = entry.with_name(key + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "kernel.cubin").write_bytes(compiled.asm["cubin"])
+    (tmp / "kernel.ptx").write_text(ptx)
+    meta = dict(entry_name=md.name, shared_bytes=int(md.shared), num_warps=int(md.num_warps),
+                runtime_args=runtime_args, scratch_params=extra_params, triton=triton.__version__,
+                ptx_target=re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1),
+                **read_resource_usage(tmp / "kernel.cubin"))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(entry, ignore_errors=True)
+    tmp.rename(entry)
+    return dict(variant, **meta, cache_key=key, cached=False)
+
+
+def cuobjdump():
+    import triton
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(tool) if tool.exists() else shutil.which("cuobjdump")
+
+
+def read_resource_usage(cubin):
+    out = subprocess.run([cuobjdump(), "--dump-resource-usage", str(cubin)], check=True,
+                         capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    if not m:
+        raise RuntimeError(f"cannot read resource usage of {cubin}:\n{out}")
+    reg, stack, static_shared, local = map(int, m.groups())
+    # Triton kernels keep no arrays on the stack: stack or local bytes mean register spills.
+    return dict(registers=reg, stack_bytes=stack, local_bytes=local, static_shared_bytes=static_shared,
+                spills=stack > 0 or local > 0)
+
+
+def check_limits(built):
+    """Fail the build, with the reason, on variants that cannot launch or break the target-GPU rules."""
+    problems = []
+    for v in built:
+        limit = spec.SHARED_MEMORY_LIMIT[v["arch"]]
+        total_shared = v["shared_bytes"] + v["static_shared_bytes"]
+        if total_shared > limit:
+            problems.append(f"{v['name']}: needs {total_shared} bytes of shared memory per block; "
+                            f"sm_{v['arch']} allows {limit} ({limit // 1024} KB)")
+        if v["arch"] in spec.STRICT_ARCHS and v["spills"]:
+            problems.append(f"{v['name']}: spills registers on sm_{v['arch']} ({v['registers']} registers, "
+                            f"{v['stack_bytes']} stack bytes): shrink its tile in "
+                            f"aot/tuning/{v['tuning_table']}")
+    if problems:
+        raise SystemExit("fusedops AOT build failed:\n  " + "\n  ".join(problems))
+
+
+def cpp_string(text):
+    return json.dumps(text)  # a JSON string literal is a valid C++ string literal for ASCII text
+
+
+def generate_cpp(built, rules, out):
+    """The C++ side of the manifest: blobs (.incbin), launchers, variant and rule tables."""
+    enums = {"op": list(spec.OPS), "precision": list(spec.PRECISIONS), "layout": list(spec.LAYOUTS)}
+    lines = [
+        "// Generated by aot/build.py: do not edit, do not commit.",
+        '#include "kernel_table.h"',
+        "",
+        "namespace fusedops {",
+        "namespace {",
+        "void* kNoScratch = nullptr;  // Triton's global/profile scratch parameters: unused by these kernels",
+        "}  // namespace",
+        "",
+    ]
+    asm = []
+    for i, v in enumerate(built):
+        for kind in ("cubin", "ptx"):
+            sym = f"fusedops_v{i}_{kind}"
+            path = (out / "kernels" / f"{v['name']}.{kind}").resolve()
+            asm += [f".global {sym}", f".hidden {sym}", f".balign 16", f"{sym}:", f'.incbin "{path}"',
+                    ".byte 0",  # PTX must be NUL-terminated for cuModuleLoadData; harmless after a cubin
+                    f".global {sym}_end", f".hidden {sym}_end", f"{sym}_end:"]
+            lines.append(f'extern "C" const unsigned char {sym}[], {sym}_end[];')
+    lines.append('__asm__(".section .rodata\\n"')
+    lines += ["        " + cpp_string(a + "\n") for a in asm]
+    lines += ['        ".previous\\n");', ""]
+
+    for i, v in enumerate(built):
+        args = ", ".join(f"const_cast<void*>(static_cast<const void*>(&a.{n}))" for n in v["runtime_args"])
+        args += ", &kNoScratch" * v["scratch_params"]
+        lines += [
+            f"// {v['name']} (blob {v['cache_key']}): {v['registers']} registers, {v['shared_bytes']} B shared, "
+            f"spills={v['spills']}",
+            f"static CUresult launch_v{i}(const DriverApi& d, CUfunction f, CUstream s, unsigned grid, "
+            f"const LaunchArgs& a) {{",
+            f"  void* params[] = {{{args}}};",
+            f"  return d.cuLaunchKernel(f, grid, 1, 1, {v['num_warps'] * 32}, 1, 1, {v['shared_bytes']}, s, "
+            f"params, nullptr);",
+            "}",
+        ]
+    lines += ["", "const Variant kVariants[] = {"]
+    for i, v in enumerate(built):
+        c = v["config"]
+        lines.append(
+            f"  {{{cpp_string(v['name'])}, {v['arch']}, Op::{v['op']}, Precision::{v['precision']}, "
+            f"Layout::{v['layout']}, {c['BLOCK_M']}, {c['BLOCK_N']}, {c['BLOCK_K']}, {c['GROUP_M']}, "
+            f"{v['num_warps']}, {c['num_stages']}, {v['shared_bytes']}, {cpp_string(v['entry_name'])}, "
+            f"fusedops_v{i}_cubin, static_cast<size_t>(fusedops_v{i}_cubin_end - fusedops_v{i}_cubin - 1), "
+            f"reinterpret_cast<const char*>(fusedops_v{i}_ptx), &launch_v{i}}},")
+    lines += ["};", f"const size_t kNumVariants = {len(built)};", "", "const Rule kRules[] = {"]
+    for r in rules:
+        lines.append(f"  {{{r['arch']}, Op::{r['op']}, Precision::{r['precision']}, Layout::{r['layout']}, "
+                     f"{r['max_m']}, {r['max_n']}, {r['max_k']}, {r['variant']}}},")
+    lines += ["};", f"const size_t kNumRules = {len(rules)};", ""]
+    manifest = (out / "manifest.json").read_text()
+    lines.append("const char* const kManifestJson =")
+    for start in range(0, len(manifest), 2000):  # keep string-literal pieces short for old compilers
+        lines.append("    " + cpp_string(manifest[start:start + 2000]))
+    lines += [";", "", "}  // namespace fusedops", ""]
+    (out / "fusedops_kernels.cpp").write_text("\n".join(lines))
+
+    header = ["// Generated by aot/build.py from aot/spec.py: do not edit, do not commit.", "#pragma once",
+              "#include <cstdint>", "namespace fusedops {"]
+    for name, values in enums.items():
+        header.append(f"enum class {name.capitalize()} : uint8_t {{ {', '.join(values)} }};")
+        header.append(f"inline const char* {name}_name({name.capitalize()} v) {{")
+        header.append(f"  static const char* const names[] = {{{', '.join(cpp_string(x) for x in values)}}};")
+        header.append("  return names[static_cast<int>(v)];")
+        header.append("}")
+    header += ["}  // namespace fusedops", ""]
+    write_if_changed(out / "fusedops_spec.h", "\n".join(header))
+
+
+def write_if_changed(path, text):
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def build(out, cache, jobs, archs):
+    import triton
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels").mkdir(exist_ok=True)
+    variants, rules = plan_variants(archs)
+    print(f"fusedops AOT: {len(variants)} variants for sm_{', sm_'.join(map(str, archs))} "
+          f"(triton {triton.__version__}), {jobs} jobs", flush=True)
+    built = [None] * len(variants)
+    with futures.ProcessPoolExecutor(max_workers=jobs) as pool:
+        todo = {pool.submit(compile_variant, v, str(cache)): i for i, v in enumerate(variants)}
+        for n, fut in enumerate(futures.as_completed(todo), 1):
+            built[todo[fut]] = v = fut.result()
+            print(f"  [{n}/{len(variants)}] {'cached  ' if v['cached'] else 'compiled'} {v['name']} "
+                  f"regs={v['registers']} smem={v['shared_bytes']} spills={v['spills']}", flush=True)
+    check_limits(built)
+    for v in built:
+        for kind in ("cubin", "ptx"):
+            src = cache / v["cache_key"] / f"kernel.{kind}"
+            dst = out / "kernels" / f"{v['name']}.{kind}"
+            if not dst.exists() or dst.read_bytes() != src.read_bytes():
+                shutil.copyfile(src, dst)
+    manifest = dict(triton=triton.__version__, archs=archs, ops=list(spec.OPS), precisions=list(spec.PRECISIONS),
+                    layouts=list(spec.LAYOUTS), variants=[{k: v[k] for k in (
+                        "name", "arch", "op", "precision", "layout", "config", "entry_name", "shared_bytes",
+                        "registers", "stack_bytes", "local_bytes", "spills", "ptx_target", "tuning_table")}
+                        for v in built], rules=rules)
+    write_if_changed(out / "manifest.json", json.dumps(manifest, indent=1))
+    generate_cpp(built, rules, out)
+    print(f"fusedops AOT: wrote {out / 'fusedops_kernels.cpp'} and manifest.json "
+          f"({sum(not v['cached'] for v in built)} compiled, {sum(v['cached'] for v in built)} cached)")
+    return out / "fusedops_kernels.cpp"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "aot")
+    parser.add_argument("--cache", type=Path, default=None, help="compile cache (default: <out>/../aot-cache)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    build(args.out, args.cache or args.out.parent / "aot-cache", args.jobs, spec.cuda_archs())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""What gets built: the single source of truth for ops, precisions, layouts and archs.
+
+The AOT build (aot/build.py) turns this plus the per-arch tuning tables (aot/tuning/sm_*.json)
+into compile jobs and a generated C++ variant table; the runtime and the tests read that table
+back out of the built library (torch.ops.fusedops._build_info), never a second copy of it.
+"""
+import os
+
+KERNEL_SOURCE = "kernels/fused_linear.py"
+KERNEL_NAME = "fused_linear_kernel"
+
+# op name (= torch.ops.fusedops.<name>) -> the kernel's EPILOGUE constexpr
+OPS = {
+    "linear_relu": "relu",
+    "linear_bn_gelu_relu": "bn_gelu_relu",
+}
+
+# precision name -> (element type of x, W and y; the kernel's DOT constexpr; the tuning-table key)
+PRECISIONS = {
+    "fp16": ("fp16", "native", "half"),
+    "bf16": ("bf16", "native", "half"),
+    "fp32_ieee": ("fp32", "ieee", "fp32_ieee"),  # true fp32 products (torch 'highest')
+    "fp32_tf32": ("fp32", "tf32", "fp32_tf32"),  # TF32 tensor cores (torch 'high')
+    "fp32_fp16": ("fp32", "fp16", "fp32_fp16"),  # fp32 in/out, operands rounded to fp16 in registers
+}
+
+# Layouts: "aligned" bakes in unit inner strides and 16-divisible sizes/strides/16-byte-aligned
+# pointers (wide vector loads); "generic" takes any strides. The runtime picks "aligned" only when
+# the call satisfies every assumption below (csrc/dispatch.cpp: is_aligned_call).
+LAYOUTS = {
+    "aligned": {
+        "unit_strides": ["stride_xk", "stride_wk", "stride_yn"],
+        "divisible_by_16": ["x_ptr", "w_ptr", "y_ptr", "N", "K", "stride_xm", "stride_wn", "stride_ym"],
+    },
+    "generic": {"unit_strides": [], "divisible_by_16": []},
+}
+
+# The kernel's runtime arguments and their Triton types (pointers are filled in per precision).
+ARG_TYPES = {
+    "x_ptr": "*X", "w_ptr": "*X", "y_ptr": "*X",
+    "bias_ptr": "*fp32", "mean_ptr": "*fp32", "var_ptr": "*fp32", "gamma_ptr": "*fp32", "beta_ptr": "*fp32",
+    "M": "i32", "N": "i32", "K": "i32",
+    "stride_xm": "i64", "stride_xk": "i64", "stride_wn": "i64", "stride_wk": "i64",
+    "stride_ym": "i64", "stride_yn": "i64",
+    "has_bias": "i32", "has_gamma": "i32", "has_beta": "i32",
+    "eps": "fp32",
+}
+CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+
+DEFAULT_ARCHS = (89, 90)
+# Largest dynamic shared memory one block may opt into, per arch (CUDA programming guide).
+SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 120: 101376}
+# Arch that must not spill registers or exceed its limit: the product's target GPU (RTX 4090).
+STRICT_ARCHS = (89,)
+
+
+def cuda_archs():
+    """Archs to build: FUSEDOPS_CUDA_ARCHS="80;86;89;90" overrides the default."""
+    raw = os.environ.get("FUSEDOPS_CUDA_ARCHS", "").replace(",", ";").strip()
+    if not raw:
+        return list(DEFAULT_ARCHS)
+    archs = []
+    for item in raw.split(";"):
+        item = item.strip().lower().removeprefix("sm_").replace(".", "")
+        if not item:
+            continue
+        if not item.isdigit() or int(item) not in SHARED_MEMORY_LIMIT:
+            raise SystemExit(f"FUSEDOPS_CUDA_ARCHS: unsupported arch {item!r}; "
+                             f"supported: {sorted(SHARED_MEMORY_LIMIT)}")
+        archs.append(int(item))
+    return sorted(set(archs))

@@ -1,0 +1,155 @@
+#include "dispatch.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <set>
+#include <tuple>
+
+#include <c10/cuda/CUDAStream.h>
+
+namespace fusedops {
+namespace {
+
+std::set<int> archs_in_build() {
+  std::set<int> archs;
+  for (size_t i = 0; i < kNumVariants; ++i) archs.insert(kVariants[i].arch);
+  return archs;
+}
+
+// FUSEDOPS_FORCE_ARCH=89: run that arch's kernels from PTX (JIT by the driver), e.g. to test the
+// sm_89 code path on an sm_90 GPU. 0 when unset.
+int forced_arch() {
+  static const int forced = [] {
+    const char* env = std::getenv("FUSEDOPS_FORCE_ARCH");
+    if (env == nullptr || *env == '\0') return 0;
+    std::string s(env);
+    if (s.rfind("sm_", 0) == 0) s = s.substr(3);
+    s.erase(std::remove(s.begin(), s.end(), '.'), s.end());
+    TORCH_CHECK(!s.empty() && std::all_of(s.begin(), s.end(), ::isdigit),
+                "fusedops: FUSEDOPS_FORCE_ARCH must be an arch number such as 89; got '", env, "'");
+    return std::stoi(s);
+  }();
+  return forced;
+}
+
+int device_capability(int device) {
+  static std::mutex mutex;
+  static std::map<int, int> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(device);
+  if (it != cache.end()) return it->second;
+  const DriverApi& d = driver();
+  CUdevice dev;
+  int major = 0, minor = 0;
+  check_driver(d.cuDeviceGet(&dev, device), "cuDeviceGet");
+  check_driver(d.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute");
+  check_driver(d.cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute");
+  return cache[device] = major * 10 + minor;
+}
+
+const Variant& select_variant(int arch, Op op, Precision precision, Layout layout, int64_t M, int64_t N,
+                              int64_t K) {
+  auto within = [](int64_t bound, int64_t value) { return bound < 0 || value <= bound; };
+  for (size_t i = 0; i < kNumRules; ++i) {
+    const Rule& r = kRules[i];
+    if (r.arch == arch && r.op == op && r.precision == precision && r.layout == layout && within(r.max_m, M) &&
+        within(r.max_n, N) && within(r.max_k, K))
+      return kVariants[r.variant];
+  }
+  TORCH_CHECK(false, "fusedops: this build has no ", op_name(op), " kernel for precision ",
+              precision_name(precision), ", layout ", layout_name(layout), " on sm_", arch);
+}
+
+// Loads a variant's module into the device's primary context once; later calls hit the cache.
+CUfunction load_function(int device, int variant_index, bool from_ptx) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, bool>, CUfunction> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto key = std::make_tuple(device, variant_index, from_ptx);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+
+  const DriverApi& d = driver();
+  const Variant& v = kVariants[variant_index];
+  CUcontext ctx = nullptr;
+  check_driver(d.cuCtxGetCurrent(&ctx), "cuCtxGetCurrent");
+  if (ctx == nullptr) {  // torch normally made the primary context current already
+    CUdevice dev;
+    check_driver(d.cuDeviceGet(&dev, device), "cuDeviceGet");
+    check_driver(d.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
+    check_driver(d.cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+  }
+  CUmodule module;
+  std::string what = std::string("loading ") + (from_ptx ? "PTX" : "cubin") + " of " + v.name;
+  check_driver(d.cuModuleLoadData(&module, from_ptx ? static_cast<const void*>(v.ptx) : v.cubin), what.c_str());
+  CUfunction fn;
+  check_driver(d.cuModuleGetFunction(&fn, module, v.entry), "cuModuleGetFunction");
+  if (v.shared_bytes > 48 * 1024) {
+    int optin = 0;
+    check_driver(d.cuDeviceGetAttribute(&optin, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, device),
+                 "cuDeviceGetAttribute");
+    TORCH_CHECK(static_cast<int>(v.shared_bytes) <= optin, "fusedops: kernel ", v.name, " needs ", v.shared_bytes,
+                " bytes of shared memory per block; cuda:", device, " allows ", optin);
+    check_driver(d.cuFuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.shared_bytes),
+                 "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)");
+  }
+  cache.emplace(key, fn);
+  return fn;
+}
+
+thread_local std::string last_launch_description;
+
+bool divisible16(int64_t v) { return v % 16 == 0; }
+bool aligned16(CUdeviceptr p) { return p % 16 == 0; }
+
+}  // namespace
+
+std::string last_launch() { return last_launch_description; }
+
+std::string built_archs() {
+  std::string out;
+  for (int a : archs_in_build()) out += (out.empty() ? "sm_" : ", sm_") + std::to_string(a);
+  return out;
+}
+
+int arch_for_capability(int capability) {
+  const std::set<int> archs = archs_in_build();
+  if (int forced = forced_arch()) {
+    TORCH_CHECK(archs.count(forced), "fusedops: FUSEDOPS_FORCE_ARCH=", forced, " but this build holds ",
+                built_archs());
+    TORCH_CHECK(forced <= capability, "fusedops: FUSEDOPS_FORCE_ARCH=", forced, " cannot run on a device of sm_",
+                capability, " (PTX runs only on the same or a newer arch)");
+    return forced;
+  }
+  int best = -1;
+  for (int a : archs)
+    if (a / 10 == capability / 10 && a <= capability) best = a;  // archs is ascending: keeps the nearest
+  TORCH_CHECK(best > 0, "fusedops: no kernels for this GPU (sm_", capability, "); this build holds ", built_archs(),
+              ". Rebuild with FUSEDOPS_CUDA_ARCHS including ", capability, ".");
+  return best;
+}
+
+bool is_aligned_call(const LaunchArgs& a) {
+  return a.stride_xk == 1 && a.stride_wk == 1 && a.stride_yn == 1 && divisible16(a.N) && divisible16(a.K) &&
+         divisible16(a.stride_xm) && divisible16(a.stride_wn) && divisible16(a.stride_ym) && aligned16(a.x_ptr) &&
+         aligned16(a.w_ptr) && aligned16(a.y_ptr);
+}
+
+void launch_fused_linear(const at::Tensor& x, Op op, Precision precision, const LaunchArgs& args) {
+  const int device = x.get_device();
+  const int arch = arch_for_capability(device_capability(device));
+  const bool from_ptx = forced_arch() != 0;
+  const Layout layout = is_aligned_call(args) ? Layout::aligned : Layout::generic;
+  const Variant& v = select_variant(arch, op, precision, layout, args.M, args.N, args.K);
+  const int64_t grid = ((args.M + v.block_m - 1) / v.block_m) * ((args.N + v.block_n - 1) / v.block_n);
+  TORCH_CHECK(grid <= INT32_MAX, "fusedops: output of ", args.M, " x ", args.N, " needs ", grid,
+              " tiles, more than one launch can hold");
+  CUfunction fn = load_function(device, static_cast<int>(&v - kVariants), from_ptx);
+  CUstream stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  check_driver(v.launch(driver(), fn, stream, static_cast<unsigned>(grid), args), v.name);
+  last_launch_description = std::string(v.name) + (from_ptx ? " (ptx)" : " (cubin)");
+}
+
+}  // namespace fusedops

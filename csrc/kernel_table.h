@@ -1,0 +1,55 @@
+// The shapes of the generated tables (build/aot/fusedops_kernels.cpp, written by aot/build.py).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "driver.h"
+#include "fusedops_spec.h"  // generated: enum class Op / Precision / Layout from aot/spec.py
+
+namespace fusedops {
+
+// One launch's runtime arguments. Field names are the kernel's argument names: each generated
+// launcher passes exactly the fields its compiled variant kept (constexpr-specialised ones drop out).
+struct LaunchArgs {
+  CUdeviceptr x_ptr, w_ptr, y_ptr;
+  CUdeviceptr bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr;
+  int32_t M, N, K;
+  int64_t stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn;
+  int32_t has_bias, has_gamma, has_beta;
+  float eps;
+};
+
+using LaunchFn = CUresult (*)(const DriverApi&, CUfunction, CUstream, unsigned grid, const LaunchArgs&);
+
+struct Variant {
+  const char* name;
+  int arch;  // 89 = sm_89
+  Op op;
+  Precision precision;
+  Layout layout;
+  int block_m, block_n, block_k, group_m, num_warps, num_stages;
+  unsigned shared_bytes;  // dynamic shared memory per block
+  const char* entry;      // kernel symbol inside the module
+  const unsigned char* cubin;
+  size_t cubin_size;
+  const char* ptx;  // NUL-terminated
+  LaunchFn launch;
+};
+
+// Tile-config choice: for (arch, op, precision, layout) the first rule whose bounds hold wins.
+struct Rule {
+  int arch;
+  Op op;
+  Precision precision;
+  Layout layout;
+  int64_t max_m, max_n, max_k;  // -1: unbounded
+  int variant;
+};
+
+extern const Variant kVariants[];
+extern const size_t kNumVariants;
+extern const Rule kRules[];
+extern const size_t kNumRules;
+extern const char* const kManifestJson;
+
+}  // namespace fusedops

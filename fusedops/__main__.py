@@ -1,0 +1,136 @@
+"""python -m fusedops info [--json]      what this binary holds, and whether this GPU is served
+python -m fusedops demo [--device D]   the two seed problems through the fused ops, against PyTorch
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import fusedops
+
+# The seed problems (KernelBench level 2): name, op, M, K, N; both take fp32 input.
+SEED_PROBLEMS = [
+    ("problem 41", "linear_bn_gelu_relu", 16384, 4096, 4096),
+    ("problem 76", "linear_relu", 1024, 8192, 8192),
+]
+# Relative-error bound per float32 precision path (fp32 reference on the same inputs).
+TOLERANCE = {"ieee": 1e-5, "tf32": 5e-3, "fp16": 5e-3, "auto": 5e-3}
+
+
+def info(as_json):
+    build = fusedops.build_info()
+    if as_json:
+        print(json.dumps(build, indent=1))
+        return 0
+    manifest = build["manifest"]
+    print(f"fusedops {build['version']} (built with torch {build['built_with_torch']}, "
+          f"triton {manifest['triton']} at build time; running torch {torch.__version__})")
+    print(f"library: {fusedops.library_path}")
+    print(f"archs: {', '.join(f'sm_{a}' for a in manifest['archs'])}")
+    print(f"ops: {', '.join(manifest['ops'])}; precisions: {', '.join(manifest['precisions'])}")
+    print(f"{len(manifest['variants'])} kernel variants:")
+    print(f"  {'variant':<64} {'regs':>4} {'smem':>7} {'spills':>6}")
+    for v in manifest["variants"]:
+        print(f"  {v['name']:<64} {v['registers']:>4} {v['shared_bytes']:>7} {str(v['spills']):>6}")
+    if not torch.cuda.is_available():
+        print("GPU: no CUDA GPU visible (the CPU reference path serves calls)")
+        return 0
+    for d in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(d)
+        name = torch.cuda.get_device_name(d)
+        try:
+            arch = torch.ops.fusedops._arch_for_capability(major * 10 + minor)
+            print(f"GPU cuda:{d} {name} (sm_{major}{minor}): served by the sm_{arch} kernels")
+        except RuntimeError as e:
+            print(f"GPU cuda:{d} {name} (sm_{major}{minor}): NOT served: {e}")
+    return 0
+
+
+def reference(op, x, w, b, bn):
+    y = F.linear(x, w, b)
+    if op == "linear_relu":
+        return torch.relu(y)
+    mean, var, gamma, beta = bn
+    return torch.relu(F.gelu(F.batch_norm(y, mean, var, gamma, beta, training=False, eps=1e-5)))
+
+
+def median_ms(fn, device, repeats):
+    fn()  # warm-up: module load, allocator
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def demo(device_name, scale, repeats):
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if scale is None:
+        scale = 1 if device.type == "cuda" else 16
+    print(f"fusedops {fusedops.__version__} demo on {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+          + (f", sizes divided by {scale}" if scale > 1 else ""))
+    print(f"{'problem':<11} {'op':<20} {'M x K x N':<18} {'precision':<9} {'fused ms':>9} {'torch ms':>9} "
+          f"{'speedup':>7} {'rel err':>9}  check")
+    failures = 0
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for name, op, m, k, n in SEED_PROBLEMS:
+        m, k, n = max(m // scale, 1), max(k // scale, 1), max(n // scale, 1)
+        x = torch.randn(m, k, generator=gen).to(device)
+        w = (torch.randn(n, k, generator=gen) * k ** -0.5).to(device)
+        b = (torch.randn(n, generator=gen) * 0.1).to(device)
+        bn = ((torch.randn(n, generator=gen) * 0.1).to(device), (torch.rand(n, generator=gen) + 0.5).to(device),
+              (torch.randn(n, generator=gen) * 0.2 + 1).to(device), (torch.randn(n, generator=gen) * 0.1).to(device))
+        with torch.no_grad():
+            ref = reference(op, x.double(), w.double(), b.double(), tuple(t.double() for t in bn))
+            torch_ms = median_ms(lambda: reference(op, x, w, b, bn), device, repeats)
+            for precision in ("auto", "tf32", "fp16"):
+                if op == "linear_relu":
+                    run = lambda: fusedops.linear_relu(x, w, b, precision=precision)  # noqa: E731
+                else:
+                    run = lambda: fusedops.linear_bn_gelu_relu(x, w, b, *bn, 1e-5, precision=precision)  # noqa: E731
+                out = run()
+                err = ((out.double() - ref).norm() / ref.norm()).item()
+                ok = err < TOLERANCE[precision] and out.shape == ref.shape and bool(torch.isfinite(out).all())
+                failures += not ok
+                ms = median_ms(run, device, repeats)
+                print(f"{name:<11} {op:<20} {f'{m}x{k}x{n}':<18} {precision:<9} {ms:>9.3f} {torch_ms:>9.3f} "
+                      f"{torch_ms / ms:>6.2f}x {err:>9.2e}  {'ok' if ok else 'FAIL'}")
+    print("torch ms: PyTorch eager (F.linear + epilogue ops) in fp32 with the current matmul precision; "
+          "rel err: ||fused - fp64 reference|| / ||reference||")
+    return 1 if failures else 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fusedops", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_info = sub.add_parser("info", help="version, archs and kernel variants in this binary; is this GPU served")
+    p_info.add_argument("--json", action="store_true", help="the full build info and manifest as JSON")
+    p_demo = sub.add_parser("demo", help="run both seed problems through the fused ops against PyTorch")
+    p_demo.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    p_demo.add_argument("--scale", type=int, default=None, help="divide M, K, N by this (default: 1 GPU, 16 CPU)")
+    p_demo.add_argument("--repeats", type=int, default=None, help="timed runs per case (default: 50 GPU, 3 CPU)")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return info(args.json)
+    repeats = args.repeats or (50 if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) != "cpu"
+                               else 3)
+    return demo(args.device, args.scale, repeats)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Python conveniences over torch.ops.fusedops (the ops themselves live in the C++ library)."""
+import json
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+PRECISIONS = ("auto", "ieee", "tf32", "fp16")
+
+
+def linear_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
+                precision: Optional[str] = None) -> Tensor:
+    """relu(x @ weight.T + bias), fused. x: [..., K]; weight: [N, K] as nn.Linear stores it.
+
+    precision (float32 inputs only; fp16/bf16 always use their own tensor cores):
+      None / "auto"  follow torch.backends.cuda.matmul.allow_tf32, like F.linear
+      "ieee"         full fp32 products
+      "tf32"         TF32 tensor cores (~1e-3 relative error)
+      "fp16"         operands rounded to fp16 in registers, fp32 accumulate and output (fastest)
+    """
+    op = torch.ops.fusedops.linear_relu
+    if precision is None:
+        return op.default(x, weight, bias)
+    return op.precision(x, weight, bias, precision=precision)
+
+
+def linear_bn_gelu_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], running_mean: Tensor,
+                        running_var: Tensor, bn_weight: Optional[Tensor] = None, bn_bias: Optional[Tensor] = None,
+                        eps: float = 1e-5, *, precision: Optional[str] = None) -> Tensor:
+    """relu(gelu(batch_norm_eval(x @ weight.T + bias))), exact-erf GELU, fused. precision: see linear_relu."""
+    op = torch.ops.fusedops.linear_bn_gelu_relu
+    if precision is None:
+        return op.default(x, weight, bias, running_mean, running_var, bn_weight, bn_bias, eps)
+    return op.precision(x, weight, bias, running_mean, running_var, bn_weight, bn_bias, eps, precision=precision)
+
+
+def build_info() -> dict:
+    """What this binary holds: version, the torch it was built with, and the full kernel manifest."""
+    return json.loads(torch.ops.fusedops._build_info())

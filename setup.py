@@ -1,0 +1,97 @@
+"""Build: AOT-compile the Triton kernels (aot/build.py), then link them into one torch extension.
+
+    pip install --no-build-isolation -e .         # develop (needs torch + triton; no GPU, no CUDA toolkit)
+    pip wheel --no-build-isolation --no-deps .    # a wheel whose users need torch only
+
+FUSEDOPS_CUDA_ARCHS="80;86;89;90" chooses the archs (default: aot/spec.py DEFAULT_ARCHS).
+"""
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+import torch
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = Path(__file__).resolve().parent
+AOT_OUT = ROOT / "build" / "aot"
+BASE_VERSION = re.search(r'"(.+)"', (ROOT / "fusedops" / "_version.py").read_text()).group(1)
+TORCH_RELEASE = torch.__version__.split("+")[0]
+TORCH_MAJOR_MINOR = ".".join(TORCH_RELEASE.split(".")[:2])
+# The local version label says which torch (and CUDA) the binary was built against.
+CUDA_TAG = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+VERSION = f"{BASE_VERSION}+torch{TORCH_MAJOR_MINOR}.{CUDA_TAG}"
+
+
+def cuda_include_dirs():
+    """cuda.h and the runtime headers c10/cuda includes, from the CUDA packages torch depends on;
+    the pieces those lack (crt/) from the headers the Triton wheel carries. No CUDA toolkit needed."""
+    needed = ("cuda.h", "cuda_runtime_api.h", "crt/host_defines.h")
+    candidates = [Path(os.environ[e]) / "include" for e in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(e)]
+    try:
+        import nvidia
+        for base in nvidia.__path__:
+            candidates += sorted(Path(base).glob("cu*/include")) + [Path(base) / "cuda_runtime" / "include"]
+    except ImportError:
+        pass
+    try:
+        import triton
+        candidates.append(Path(triton.__file__).parent / "backends" / "nvidia" / "include")
+    except ImportError:
+        pass
+    candidates.append(Path("/usr/local/cuda/include"))
+    dirs = []
+    for header in needed:
+        home = next((p for p in dirs if (p / header).exists()), None) or \
+            next((p for p in candidates if (p / header).exists()), None)
+        if home is None:
+            raise SystemExit(f"fusedops: {header} not found; install torch's CUDA build and triton, or set CUDA_HOME")
+        if home not in dirs:
+            dirs.append(home)
+    return [str(p) for p in dirs]
+
+
+class BuildWithKernels(BuildExtension):
+    def run(self):
+        sys.path.insert(0, str(ROOT))
+        from aot import build as aot_build, spec
+
+        generated = aot_build.build(AOT_OUT, ROOT / "build" / "aot-cache", os.cpu_count() or 1, spec.cuda_archs())
+        for ext in self.extensions:
+            if str(generated) not in ext.sources:
+                ext.sources.append(str(generated))
+        super().run()
+        for ext in self.extensions:  # what the package checks before it loads the binary
+            info = Path(self.get_ext_fullpath(ext.name)).with_name("_build_info.json")
+            info.write_text(json.dumps({"version": VERSION, "torch": torch.__version__,
+                                        "torch_cuda": torch.version.cuda, "archs": spec.cuda_archs()}) + "\n")
+
+
+extension = CppExtension(
+    "fusedops._C",
+    sources=[str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc").glob("*.cpp"))],
+    include_dirs=[str(ROOT / "csrc"), str(AOT_OUT), *cuda_include_dirs()],
+    libraries=["c10_cuda"],
+    extra_compile_args={"cxx": ["-O2", f'-DFUSEDOPS_VERSION="{VERSION}"',
+                                f'-DFUSEDOPS_TORCH_VERSION="{torch.__version__}"']},
+    # torch's libraries sit in site-packages/torch/lib, beside site-packages/fusedops.
+    extra_link_args=["-Wl,-rpath,$ORIGIN/../torch/lib"],
+    depends=[str(p) for p in sorted((ROOT / "csrc").glob("*.h"))],
+    py_limited_api=True,  # no libtorch_python: a C++ (libtorch) process can load the same .so
+)
+
+setup(
+    name="fusedops",
+    version=VERSION,
+    description="Fused Linear+epilogue GPU ops, AOT-compiled from Triton; no Triton at run time",
+    packages=["fusedops"],
+    package_data={"fusedops": ["_build_info.json"]},
+    ext_modules=[extension],
+    cmdclass={"build_ext": BuildWithKernels},
+    install_requires=[f"torch=={TORCH_MAJOR_MINOR}.*"],
+    python_requires=">=3.9",
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)

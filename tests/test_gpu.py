@@ -1,0 +1,216 @@
+"""The AOT kernels on a real GPU, against an fp64 reference. Marked `gpu`; skipped without one.
+
+Run the whole file a second time with FUSEDOPS_FORCE_ARCH=89 to execute the sm_89 kernels (from
+their PTX) on a newer GPU.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fusedops
+from reference import make_problem, rel_err, run_fused, run_ref
+
+pytestmark = pytest.mark.gpu
+OPS = ["linear_relu", "linear_bn_gelu_relu"]
+FORCED_ARCH = os.environ.get("FUSEDOPS_FORCE_ARCH")
+
+# (x dtype, precision) -> (bound on ||out - ref|| / ||ref||, bound on max |out - ref| / max |ref|)
+TOLERANCE = {
+    (torch.float32, "ieee"): (2e-6, 2e-5),
+    (torch.float32, "tf32"): (2e-3, 1e-2),
+    (torch.float32, "fp16"): (2e-3, 1e-2),
+    (torch.float16, None): (1e-3, 4e-3),
+    (torch.bfloat16, None): (8e-3, 3e-2),
+}
+CASES = [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float32, "fp16"),
+         (torch.float16, None), (torch.bfloat16, None)]
+
+
+def poison_allocator(numel, dtype):
+    """Leave NaNs in the caching allocator's free blocks, so an output element the kernel fails to
+    write shows up as NaN instead of a stale plausible value."""
+    for size in (numel, numel * 2):
+        torch.full((max(size, 1),), float("nan"), dtype=dtype, device="cuda")
+    torch.cuda.synchronize()
+
+
+def check(op, p, dtype, precision, eps=1e-5):
+    kw = {} if precision is None else {"precision": precision}
+    ref = run_ref(op, {k: None if v is None else v.double() for k, v in p.items()}, eps, torch.float64)
+    poison_allocator(ref.numel(), dtype)
+    out = run_fused(op, p, eps, **kw)
+    torch.cuda.synchronize()
+    assert out.shape == ref.shape and out.dtype == dtype and out.device == p["x"].device
+    assert not out.isnan().any(), "unwritten (poisoned) or NaN output elements"
+    norm_tol, max_tol = TOLERANCE[(dtype, precision)]
+    if ref.numel() and ref.abs().max() > 0:
+        assert rel_err(out, ref) < norm_tol
+        worst = ((out.double() - ref).abs().max() / ref.abs().max()).item()
+        assert worst < max_tol, f"max error {worst:.2e} of max |ref|"
+    else:
+        assert out.eq(0).all()
+    return out
+
+
+def odd_shapes():
+    return [((1,), 1, 1), ((1,), 64, 64), ((3,), 17, 5), ((17,), 33, 100), ((100,), 130, 96),
+            ((257,), 10, 1000), ((2, 3, 5), 48, 64), ((64,), 256, 4096 + 8), ((300,), 512, 512),
+            ((1000,), 96, 15)]
+
+
+@pytest.mark.parametrize("dtype,precision", CASES, ids=lambda c: str(c).replace("torch.", ""))
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("m_shape,n,k", odd_shapes())
+def test_odd_shapes_against_fp64(op, dtype, precision, m_shape, n, k):
+    p = make_problem(m_shape, n, k, dtype, device="cuda", seed=hash((m_shape, n, k)) % 997)
+    check(op, p, dtype, precision)
+
+
+@pytest.mark.parametrize("dtype,precision", CASES, ids=lambda c: str(c).replace("torch.", ""))
+@pytest.mark.parametrize("op", OPS)
+def test_aligned_and_generic_layouts(op, dtype, precision):
+    """Contiguous 16-aligned inputs take the 'aligned' variants; strided / offset views the generic ones."""
+    p = make_problem((256,), 128, 256, dtype, device="cuda", seed=5)
+    check(op, p, dtype, precision)
+    assert "__aligned__" in torch.ops.fusedops._last_launch()
+    q = dict(p)
+    q["x"] = p["x"].t().contiguous().t()  # column-major x
+    q["weight"] = p["weight"].t().contiguous().t()  # weight with stride (1, N)
+    check(op, q, dtype, precision)
+    assert "__generic__" in torch.ops.fusedops._last_launch()
+    r = dict(p)
+    r["x"] = torch.empty(256 * 256 + 1, dtype=dtype, device="cuda")[1:].view(256, 256).copy_(p["x"])  # 2-byte offset
+    check(op, r, dtype, precision)
+    assert "__generic__" in torch.ops.fusedops._last_launch()
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_dispatch_follows_forced_arch_and_uses_the_right_binary(op):
+    p = make_problem((32,), 64, 64, torch.float16, device="cuda")
+    run_fused(op, p)
+    launched = torch.ops.fusedops._last_launch()
+    major, minor = torch.cuda.get_device_capability()
+    if FORCED_ARCH:
+        assert f"__sm{FORCED_ARCH}__" in launched and launched.endswith("(ptx)"), launched
+    else:
+        arch = torch.ops.fusedops._arch_for_capability(major * 10 + minor)
+        assert f"__sm{arch}__" in launched and launched.endswith("(cubin)"), launched
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_optional_vectors_and_half_vectors(op):
+    p = make_problem((70,), 40, 48, torch.float16, device="cuda", bias=False, bn_affine=False,
+                     vec_dtype=torch.float16)
+    check(op, p, torch.float16, None)
+
+
+def test_eps_and_zero_variance():
+    p = make_problem((33,), 24, 40, torch.float32, device="cuda")
+    p["running_var"] = torch.zeros_like(p["running_var"])
+    for eps in (1e-5, 1e-1):
+        check("linear_bn_gelu_relu", p, torch.float32, "ieee", eps=eps)
+
+
+def test_precision_auto_follows_torch_setting():
+    p = make_problem((64,), 64, 64, torch.float32, device="cuda")
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        run_fused("linear_relu", p)
+        assert "__fp32_ieee__" in torch.ops.fusedops._last_launch()
+        torch.backends.cuda.matmul.allow_tf32 = True
+        run_fused("linear_relu", p)
+        assert "__fp32_tf32__" in torch.ops.fusedops._last_launch()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    run_fused("linear_relu", p, precision="fp16")
+    assert "__fp32_fp16__" in torch.ops.fusedops._last_launch()
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_empty_inputs(op):
+    for m_shape, n, k in [((0,), 16, 16), ((4,), 16, 0), ((3, 0), 8, 8)]:
+        p = make_problem(m_shape, n, k, torch.float16, device="cuda")
+        out = run_fused(op, p)
+        assert out.shape == (*m_shape, n)
+        torch.testing.assert_close(out, run_ref(op, p).half())
+
+
+@pytest.mark.parametrize("op,m,k,n", [("linear_bn_gelu_relu", 16384, 4096, 4096), ("linear_relu", 1024, 8192, 8192)],
+                         ids=["problem41", "problem76"])
+@pytest.mark.parametrize("dtype,precision", CASES, ids=lambda c: str(c).replace("torch.", ""))
+def test_seed_problem_shapes(op, m, k, n, dtype, precision):
+    if precision == "ieee" and m * n * k > 2 ** 38:
+        pytest.skip("fp32 FMA path at this size is a benchmark, not a test")
+    p = make_problem((m,), n, k, dtype, device="cuda", seed=41)
+    check(op, p, dtype, precision)
+
+
+def test_runs_on_the_current_stream():
+    """The kernel must wait for work queued before it on the caller's stream."""
+    p = make_problem((512,), 256, 512, torch.float16, device="cuda")
+    expected = run_fused("linear_relu", p)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # ~25 ms of busy work ahead of us on `side`
+        x = p["x"] * 1  # written only after the sleep
+        out = fusedops.linear_relu(x, p["weight"], p["bias"])
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(out, expected)
+
+
+def test_cuda_graph_capture_and_replay():
+    p = make_problem((128,), 96, 160, torch.bfloat16, device="cuda")
+    static_x = p["x"].clone()
+    args = (p["weight"], p["bias"], p["running_mean"], p["running_var"], p["bn_weight"], p["bn_bias"], 1e-5)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fusedops.linear_bn_gelu_relu(static_x, *args)  # warm-up: loads the module outside capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fusedops.linear_bn_gelu_relu(static_x, *args)
+    for seed in range(3):
+        new_x = torch.randn(static_x.shape, generator=torch.Generator().manual_seed(seed)).to("cuda", torch.bfloat16)
+        static_x.copy_(new_x)
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(static_out, fusedops.linear_bn_gelu_relu(new_x, *args))
+
+
+def test_device_mismatch_is_an_error():
+    p = make_problem((4,), 8, 8, torch.float16, device="cuda")
+    with pytest.raises(RuntimeError, match="'bias' is on cpu but x is on cuda"):
+        torch.ops.fusedops.linear_relu(p["x"], p["weight"], p["bias"].cpu())
+    with pytest.raises(RuntimeError, match="'weight' is on cpu but x is on cuda"):
+        torch.ops.fusedops.linear_relu(p["x"], p["weight"].cpu(), None)
+
+
+def test_modules_on_gpu():
+    torch.manual_seed(0)
+    m = fusedops.nn.LinearBNGeluReLU(64, 32).cuda().half()
+    m.train()
+    m(torch.randn(16, 64, device="cuda", dtype=torch.half))  # move the running stats
+    m.eval()
+    x = torch.randn(8, 64, device="cuda", dtype=torch.half)
+    bn = m.batch_norm
+    ref = torch.relu(torch.nn.functional.gelu(bn(m.gemm(x.float().half()))))
+    torch.testing.assert_close(m(x), ref, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.skipif(shutil.which("compute-sanitizer") is None, reason="compute-sanitizer not on PATH")
+def test_compute_sanitizer_memcheck_odd_shapes():
+    script = Path(__file__).with_name("gpu_sweep.py")
+    proc = subprocess.run(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "3",
+                           sys.executable, str(script)], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1"))
+    tail = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, tail
+    assert "ERROR SUMMARY: 0 errors" in proc.stdout + proc.stderr, tail
+    assert "sweep ok" in proc.stdout, tail

@@ -1,0 +1,80 @@
+"""The manifest compiled into the binary against the spec it was built from (aot/spec.py)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+import fusedops
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from aot import spec  # noqa: E402
+
+MANIFEST = fusedops.build_info()["manifest"]
+ADA_SHARED_LIMIT = 99 * 1024  # RTX 4090: 99 KB per block
+
+
+def test_archs_present():
+    built = {v["arch"] for v in MANIFEST["variants"]}
+    assert built == set(MANIFEST["archs"]) == set(spec.cuda_archs())
+    assert 89 in built  # the product's target GPU
+
+
+def test_every_op_precision_layout_is_served_on_every_arch():
+    for arch in MANIFEST["archs"]:
+        for op in spec.OPS:
+            for precision in spec.PRECISIONS:
+                for layout in spec.LAYOUTS:
+                    rules = [r for r in MANIFEST["rules"] if (r["arch"], r["op"], r["precision"], r["layout"])
+                             == (arch, op, precision, layout)]
+                    assert rules, (arch, op, precision, layout)
+                    last = rules[-1]
+                    assert last["max_m"] == last["max_n"] == last["max_k"] == -1, "needs a catch-all rule"
+
+
+def test_sm89_fits_ada_and_does_not_spill():
+    sm89 = [v for v in MANIFEST["variants"] if v["arch"] == 89]
+    assert sm89
+    for v in sm89:
+        assert v["shared_bytes"] <= ADA_SHARED_LIMIT, v["name"]
+        assert not v["spills"] and v["stack_bytes"] == 0 and v["local_bytes"] == 0, v["name"]
+        assert v["registers"] <= 255
+        assert v["ptx_target"].startswith("sm_89")
+
+
+def test_every_arch_within_its_shared_memory_limit():
+    for v in MANIFEST["variants"]:
+        assert v["shared_bytes"] <= spec.SHARED_MEMORY_LIMIT[v["arch"]], v["name"]
+
+
+def test_variant_metadata_is_complete():
+    for v in MANIFEST["variants"]:
+        assert set(v["config"]) == set(spec.CONFIG_KEYS)
+        assert v["op"] in spec.OPS and v["precision"] in spec.PRECISIONS and v["layout"] in spec.LAYOUTS
+        assert v["entry_name"] == spec.KERNEL_NAME
+
+
+def test_binary_matches_tuning_tables():
+    """The rules in the binary are exactly the tuning tables' rules (one source of truth)."""
+    from aot.build import plan_variants
+    variants, rules = plan_variants(MANIFEST["archs"])
+    assert [v["name"] for v in variants] == [v["name"] for v in MANIFEST["variants"]]
+    assert rules == MANIFEST["rules"]
+
+
+def test_build_info_names_versions():
+    info = fusedops.build_info()
+    import torch
+    assert info["version"] == fusedops.__version__ or info["version"].startswith(fusedops.__version__ + "+")
+    assert info["built_with_torch"] == torch.__version__
+
+
+def test_sm89_build_gate_rejects_spills(monkeypatch):
+    """The build's limit check fails with a message naming the variant and the table to fix."""
+    from aot import build
+    bad = dict(MANIFEST["variants"][0], arch=89, spills=True, registers=255, stack_bytes=112,
+               static_shared_bytes=0, tuning_table="sm_89.json")
+    with pytest.raises(SystemExit, match="spills registers on sm_89"):
+        build.check_limits([bad])
+    big = dict(bad, spills=False, shared_bytes=120 * 1024)
+    with pytest.raises(SystemExit, match="allows 101376"):
+        build.check_limits([big])
