@@ -78,7 +78,8 @@ extension = CppExtension(
     extra_compile_args={"cxx": ["-O2", f'-DFUSEDOPS_VERSION="{VERSION}"',
                                 f'-DFUSEDOPS_TORCH_VERSION="{torch.__version__}"']},
     # torch's libraries sit in site-packages/torch/lib, beside site-packages/fusedops.
-    extra_link_args=["-Wl,-rpath,$ORIGIN/../torch/lib"],
+    # -S: no debug sections (the kernel images dominate the size anyway).
+    extra_link_args=["-Wl,-rpath,$ORIGIN/../torch/lib", "-Wl,-S"],
     depends=[str(p) for p in sorted((ROOT / "csrc").glob("*.h"))],
     py_limited_api=True,  # no libtorch_python: a C++ (libtorch) process can load the same .so
 )

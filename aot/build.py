@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from aot import spec  # noqa: E402
 
-CACHE_FORMAT = "3"  # bump when the compile recipe below changes
+CACHE_FORMAT = "4"  # bump when the compile recipe below changes
 
 
 def load_tuning_table(arch):
@@ -35,11 +35,7 @@ def load_tuning_table(arch):
     if not tables:
         raise SystemExit("aot/tuning holds no sm_*.json tuning table")
     source = arch if arch in tables else min(tables, key=lambda a: (abs(a - arch), a > arch))
-    table = json.loads(tables[source].read_text())
-    for key, rules in table["rules"].items():
-        if not rules or any(k in rules[-1] for k in ("max_m", "max_n", "max_k")):
-            raise SystemExit(f"{tables[source].name}: rules[{key!r}] must end with a catch-all rule")
-    return source, table
+    return source, json.loads(tables[source].read_text())
 
 
 def plan_variants(archs):
@@ -47,22 +43,32 @@ def plan_variants(archs):
     variants, rules, index = [], [], {}
 
     def variant_for(arch, op, precision, layout, config):
-        config = {k: int(config[k]) for k in spec.CONFIG_KEYS}
-        key = (arch, op, precision, layout, tuple(config.values()))
+        kernel = config.get("KERNEL", "tiled")
+        kernel_spec = spec.KERNELS.get(kernel)
+        if kernel_spec is None or layout not in kernel_spec["layouts"] or arch < kernel_spec["min_arch"]:
+            raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} cannot serve the {layout} layout on "
+                             f"sm_{arch} (kernels: {spec.KERNELS})")
+        knobs = {k: int(config.get(k, default)) for k, default in kernel_spec["knobs"].items()}
+        config = dict({k: int(config[k]) for k in spec.CONFIG_KEYS}, **knobs)
+        key = (arch, op, precision, layout, kernel, tuple(config.values()))
         if key not in index:
             tag = "m{BLOCK_M}n{BLOCK_N}k{BLOCK_K}g{GROUP_M}w{num_warps}s{num_stages}".format(**config)
+            tag = tag if kernel == "tiled" else f"{kernel}_{tag}"
+            tag += "".join(f"_{k.lower()}{v}" for k, v in knobs.items() if v != kernel_spec["knobs"][k])
             index[key] = len(variants)
             variants.append(dict(name=f"{op}__{precision}__sm{arch}__{layout}__{tag}", arch=arch, op=op,
-                                 precision=precision, layout=layout, config=config))
+                                 precision=precision, layout=layout, kernel=kernel, config=config))
         return index[key]
 
     for arch in archs:
         table_arch, table = load_tuning_table(arch)
         for op in spec.OPS:
             for precision, (_, _, table_key) in spec.PRECISIONS.items():
-                for rule in table["rules"][table_key]:
-                    if "ops" in rule and op not in rule["ops"]:
-                        continue
+                op_rules = [r for r in table["rules"][table_key] if op in r.get("ops", [op])]
+                if not op_rules or any(k in op_rules[-1] for k in ("max_m", "max_n", "max_k")):
+                    raise SystemExit(f"sm_{table_arch}.json: rules[{table_key!r}] for {op} must end with a "
+                                     f"catch-all rule (one without max_m/max_n/max_k)")
+                for rule in op_rules:
                     rules.append(dict(arch=arch, op=op, precision=precision, layout="aligned",
                                       max_m=rule.get("max_m", -1), max_n=rule.get("max_n", -1),
                                       max_k=rule.get("max_k", -1),
@@ -76,21 +82,18 @@ def plan_variants(archs):
     return variants, rules
 
 
-def kernel_signature(precision, layout):
-    """Triton signature, constexprs and divisibility attributes for one variant."""
-    import triton.language  # noqa: F401  (the kernel module needs it importable)
-    from kernels.fused_linear import fused_linear_kernel as kernel
+def kernel_signature(kernel_kind, precision, layout):
+    """Triton function, signature, constexprs and divisibility attributes for one variant."""
+    import importlib
 
+    module = importlib.import_module(spec.KERNEL_SOURCE[:-3].replace("/", "."))
+    kernel = getattr(module, spec.KERNELS[kernel_kind]["function"])
     elem = spec.PRECISIONS[precision][0]
     layout_spec = spec.LAYOUTS[layout]
     names = kernel.arg_names
-    signature, constexprs = {}, {}
-    for name in names:
-        if name in spec.ARG_TYPES:
-            signature[name] = spec.ARG_TYPES[name].replace("X", elem)
-    for name in layout_spec["unit_strides"]:
-        constexprs[name] = 1
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in layout_spec["divisible_by_16"]}
+    signature = {n: spec.ARG_TYPES[n].replace("X", elem) for n in names if n in spec.ARG_TYPES}
+    constexprs = {n: 1 for n in layout_spec["unit_strides"] if n in names}
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in layout_spec["divisible_by_16"] if n in names}
     return kernel, names, signature, constexprs, attrs
 
 
@@ -99,10 +102,12 @@ def compile_variant(variant, cache_dir):
     import triton
     from triton.backends.compiler import GPUTarget
 
-    kernel, names, signature, constexprs, attrs = kernel_signature(variant["precision"], variant["layout"])
+    kernel, names, signature, constexprs, attrs = kernel_signature(variant["kernel"], variant["precision"],
+                                                                   variant["layout"])
     config = variant["config"]
     constexprs = dict(constexprs, EPILOGUE=spec.OPS[variant["op"]], DOT=spec.PRECISIONS[variant["precision"]][1],
-                      **{k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")})
+                      **{k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")},
+                      **{k: bool(config[k]) for k in spec.KERNELS[variant["kernel"]]["knobs"]})
     full_signature = {n: ("constexpr" if n in constexprs else signature[n]) for n in names}
     runtime_args = [n for n in names if n not in constexprs]
 
@@ -121,8 +126,8 @@ def compile_variant(variant, cache_dir):
     src = triton.compiler.ASTSource(fn=kernel, signature=full_signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(src, target=target, options=options.__dict__)
     md = compiled.metadata
-    if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):
-        raise RuntimeError(f"{variant['name']}: kernel needs global/profile scratch memory; the launcher passes none")
+    if getattr(md, "profile_scratch_size", 0):
+        raise RuntimeError(f"{variant['name']}: kernel needs profile scratch memory; the launcher passes none")
     ptx = compiled.asm["ptx"]
     header = ptx[ptx.index(".entry"):ptx.index(")", ptx.index(".entry"))]
     extra_params = header.count(".param") - len(runtime_args)
@@ -134,6 +139,8 @@ def compile_variant(variant, cache_dir):
     (tmp / "kernel.cubin").write_bytes(compiled.asm["cubin"])
     (tmp / "kernel.ptx").write_text(ptx)
     meta = dict(entry_name=md.name, shared_bytes=int(md.shared), num_warps=int(md.num_warps),
+                scratch_bytes=int(getattr(md, "global_scratch_size", 0)),
+                scratch_align=int(getattr(md, "global_scratch_align", 1)),
                 runtime_args=runtime_args, scratch_params=extra_params, triton=triton.__version__,
                 ptx_target=re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1),
                 **read_resource_usage(tmp / "kernel.cubin"))
@@ -210,7 +217,10 @@ def generate_cpp(built, rules, out):
 
     for i, v in enumerate(built):
         args = ", ".join(f"const_cast<void*>(static_cast<const void*>(&a.{n}))" for n in v["runtime_args"])
-        args += ", &kNoScratch" * v["scratch_params"]
+        scratch = ["&kNoScratch"] * v["scratch_params"]  # (global, profile) scratch, in Triton's order
+        if v["scratch_bytes"]:
+            scratch[0] = "const_cast<CUdeviceptr*>(&a.global_scratch)"
+        args = ", ".join([args] + scratch)
         lines += [
             f"// {v['name']} (blob {v['cache_key']}): {v['registers']} registers, {v['shared_bytes']} B shared, "
             f"spills={v['spills']}",
@@ -227,7 +237,8 @@ def generate_cpp(built, rules, out):
         lines.append(
             f"  {{{cpp_string(v['name'])}, {v['arch']}, Op::{v['op']}, Precision::{v['precision']}, "
             f"Layout::{v['layout']}, {c['BLOCK_M']}, {c['BLOCK_N']}, {c['BLOCK_K']}, {c['GROUP_M']}, "
-            f"{v['num_warps']}, {c['num_stages']}, {v['shared_bytes']}, {cpp_string(v['entry_name'])}, "
+            f"{v['num_warps']}, {c['num_stages']}, {str(spec.KERNELS[v['kernel']]['persistent']).lower()}, "
+            f"{v['shared_bytes']}, {v['scratch_bytes']}, {v['scratch_align']}, {cpp_string(v['entry_name'])}, "
             f"fusedops_v{i}_cubin, static_cast<size_t>(fusedops_v{i}_cubin_end - fusedops_v{i}_cubin - 1), "
             f"reinterpret_cast<const char*>(fusedops_v{i}_ptx), &launch_v{i}}},")
     lines += ["};", f"const size_t kNumVariants = {len(built)};", "", "const Rule kRules[] = {"]
@@ -283,7 +294,8 @@ def build(out, cache, jobs, archs):
                 shutil.copyfile(src, dst)
     manifest = dict(triton=triton.__version__, archs=archs, ops=list(spec.OPS), precisions=list(spec.PRECISIONS),
                     layouts=list(spec.LAYOUTS), variants=[{k: v[k] for k in (
-                        "name", "arch", "op", "precision", "layout", "config", "entry_name", "shared_bytes",
+                        "name", "arch", "op", "precision", "layout", "kernel", "config", "entry_name",
+                        "shared_bytes", "scratch_bytes",
                         "registers", "stack_bytes", "local_bytes", "spills", "ptx_target", "tuning_table")}
                         for v in built], rules=rules)
     write_if_changed(out / "manifest.json", json.dumps(manifest, indent=1))

@@ -7,7 +7,15 @@ back out of the built library (torch.ops.fusedops._build_info), never a second c
 import os
 
 KERNEL_SOURCE = "kernels/fused_linear.py"
-KERNEL_NAME = "fused_linear_kernel"
+
+# main-loop kind (a tuning-table config's "KERNEL", default "tiled") -> its Triton function and limits
+# "knobs": extra constexpr switches a config may set (0/1), with their defaults.
+KERNELS = {
+    "tiled": {"function": "fused_linear_kernel", "layouts": ("aligned", "generic"), "min_arch": 80,
+              "persistent": False, "knobs": {}},
+    "tma": {"function": "fused_linear_tma_kernel", "layouts": ("aligned",), "min_arch": 90, "persistent": True,
+            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0}},
+}
 
 # op name (= torch.ops.fusedops.<name>) -> the kernel's EPILOGUE constexpr
 OPS = {
@@ -44,6 +52,7 @@ ARG_TYPES = {
     "stride_ym": "i64", "stride_yn": "i64",
     "has_bias": "i32", "has_gamma": "i32", "has_beta": "i32",
     "eps": "fp32",
+    "num_sms": "i32",
 }
 CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
 

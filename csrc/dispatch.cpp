@@ -7,6 +7,7 @@
 #include <set>
 #include <tuple>
 
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 
 namespace fusedops {
@@ -34,19 +35,25 @@ int forced_arch() {
   return forced;
 }
 
-int device_capability(int device) {
+struct DeviceInfo {
+  int capability;  // 89 for 8.9
+  int sm_count;
+};
+
+const DeviceInfo& device_info(int device) {
   static std::mutex mutex;
-  static std::map<int, int> cache;
+  static std::map<int, DeviceInfo> cache;
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(device);
   if (it != cache.end()) return it->second;
   const DriverApi& d = driver();
   CUdevice dev;
-  int major = 0, minor = 0;
+  int major = 0, minor = 0, sms = 0;
   check_driver(d.cuDeviceGet(&dev, device), "cuDeviceGet");
   check_driver(d.cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev), "cuDeviceGetAttribute");
   check_driver(d.cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev), "cuDeviceGetAttribute");
-  return cache[device] = major * 10 + minor;
+  check_driver(d.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev), "cuDeviceGetAttribute");
+  return cache[device] = DeviceInfo{major * 10 + minor, sms};
 }
 
 const Variant& select_variant(int arch, Op op, Precision precision, Layout layout, int64_t M, int64_t N,
@@ -137,15 +144,25 @@ bool is_aligned_call(const LaunchArgs& a) {
          aligned16(a.w_ptr) && aligned16(a.y_ptr);
 }
 
-void launch_fused_linear(const at::Tensor& x, Op op, Precision precision, const LaunchArgs& args) {
+void launch_fused_linear(const at::Tensor& x, Op op, Precision precision, const LaunchArgs& call_args) {
   const int device = x.get_device();
-  const int arch = arch_for_capability(device_capability(device));
+  const DeviceInfo& info = device_info(device);
+  const int arch = arch_for_capability(info.capability);
+  LaunchArgs args = call_args;
   const bool from_ptx = forced_arch() != 0;
   const Layout layout = is_aligned_call(args) ? Layout::aligned : Layout::generic;
   const Variant& v = select_variant(arch, op, precision, layout, args.M, args.N, args.K);
-  const int64_t grid = ((args.M + v.block_m - 1) / v.block_m) * ((args.N + v.block_n - 1) / v.block_n);
-  TORCH_CHECK(grid <= INT32_MAX, "fusedops: output of ", args.M, " x ", args.N, " needs ", grid,
+  const int64_t tiles = ((args.M + v.block_m - 1) / v.block_m) * ((args.N + v.block_n - 1) / v.block_n);
+  TORCH_CHECK(tiles <= INT32_MAX, "fusedops: output of ", args.M, " x ", args.N, " needs ", tiles,
               " tiles, more than one launch can hold");
+  const int64_t grid = v.persistent ? std::min<int64_t>(tiles, info.sm_count) : tiles;
+  args.num_sms = static_cast<int32_t>(grid);
+  at::Tensor scratch;  // freed after the launch: the caching allocator orders reuse on this stream
+  if (v.scratch_bytes > 0) {
+    scratch = at::empty({grid * v.scratch_bytes + v.scratch_align}, x.options().dtype(at::kByte));
+    const CUdeviceptr base = reinterpret_cast<CUdeviceptr>(scratch.data_ptr());
+    args.global_scratch = (base + v.scratch_align - 1) / v.scratch_align * v.scratch_align;
+  }
   CUfunction fn = load_function(device, static_cast<int>(&v - kVariants), from_ptx);
   CUstream stream = c10::cuda::getCurrentCUDAStream(device).stream();
   check_driver(v.launch(driver(), fn, stream, static_cast<unsigned>(grid), args), v.name);

@@ -17,6 +17,8 @@ struct LaunchArgs {
   int64_t stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn;
   int32_t has_bias, has_gamma, has_beta;
   float eps;
+  int32_t num_sms;             // persistent kernels: programs launched
+  CUdeviceptr global_scratch;  // kernels with scratch_bytes > 0: grid * scratch_bytes, aligned
 };
 
 using LaunchFn = CUresult (*)(const DriverApi&, CUfunction, CUstream, unsigned grid, const LaunchArgs&);
@@ -28,7 +30,9 @@ struct Variant {
   Precision precision;
   Layout layout;
   int block_m, block_n, block_k, group_m, num_warps, num_stages;
+  bool persistent;        // grid = min(tiles, SMs); programs loop over tiles
   unsigned shared_bytes;  // dynamic shared memory per block
+  unsigned scratch_bytes, scratch_align;  // global scratch per program (TMA descriptors built on device)
   const char* entry;      // kernel symbol inside the module
   const unsigned char* cubin;
   size_t cubin_size;

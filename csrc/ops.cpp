@@ -1,5 +1,6 @@
 // torch.ops.fusedops: schemas (one TORCH_LIBRARY block), input checks shared by every backend,
 // and the CPU (ATen reference), Meta (shapes only) and CUDA (AOT Triton kernels) implementations.
+#include <sstream>
 #include <string>
 
 #include <ATen/ATen.h>
@@ -26,10 +27,13 @@ using OptTensor = c10::optional<at::Tensor>;
 // The per-call precision names; "auto" follows torch's float32 matmul setting like F.linear.
 const char* const kPrecisionHelp = "'auto', 'ieee', 'tf32' or 'fp16'";
 
+// Checks and shapes go through sym_sizes so the Meta kernels trace symbolic (dynamic) sizes too.
 std::string shape_str(const at::Tensor& t) {
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
+  std::ostringstream out;
+  out << "[";
+  for (int64_t i = 0; i < t.dim(); ++i) out << (i ? ", " : "") << t.sym_size(i);
+  out << "]";
+  return out.str();
 }
 
 // Everything an op call carries, checked once for all backends.
@@ -47,9 +51,9 @@ struct Call {
   c10::string_view precision;
 };
 
-void check_vector(const Call& c, const char* name, const OptTensor& t, int64_t n) {
+void check_vector(const Call& c, const char* name, const OptTensor& t, const c10::SymInt& n) {
   if (!t.has_value()) return;
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == n, c.op_name, ": argument '", name, "' must be a 1-D tensor of size N = ",
+  TORCH_CHECK(t->dim() == 1 && t->sym_size(0) == n, c.op_name, ": argument '", name, "' must be a 1-D tensor of size N = ",
               n, " (weight.size(0)); got shape ", shape_str(*t));
   TORCH_CHECK(t->scalar_type() == at::kFloat || t->scalar_type() == c.x.scalar_type(), c.op_name, ": argument '",
               name, "' must be float32 or x's dtype (", c.x.scalar_type(), "); got ", t->scalar_type());
@@ -69,12 +73,10 @@ void check_call(const Call& c) {
               x.scalar_type(), "); got ", w.scalar_type());
   TORCH_CHECK(w.device() == x.device(), c.op_name, ": argument 'weight' is on ", w.device(), " but x is on ",
               x.device(), "; all tensors must be on one device");
-  TORCH_CHECK(w.size(1) == x.size(-1), c.op_name, ": argument 'weight' must be [N, K] with K = x.size(-1) = ",
-              x.size(-1), "; got shape ", shape_str(w));
-  const int64_t n = w.size(0);
-  const int64_t m = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
-  TORCH_CHECK(m <= INT32_MAX && n <= INT32_MAX && x.size(-1) <= INT32_MAX, c.op_name,
-              ": M (rows of x), N and K must each be below 2^31; got M = ", m, ", N = ", n, ", K = ", x.size(-1));
+  TORCH_CHECK(w.sym_size(1) == x.sym_size(-1), c.op_name,
+              ": argument 'weight' must be [N, K] with K = x.size(-1) = ", x.sym_size(-1), "; got shape ",
+              shape_str(w));
+  const c10::SymInt n = w.sym_size(0);
   check_vector(c, "bias", c.bias, n);
   if (c.op == Op::linear_bn_gelu_relu) {
     TORCH_CHECK(c.running_mean.has_value() && c.running_var.has_value(), c.op_name,
@@ -89,9 +91,9 @@ void check_call(const Call& c) {
               c.op_name, ": argument 'precision' must be ", kPrecisionHelp, "; got '", std::string(c.precision), "'");
 }
 
-std::vector<int64_t> output_shape(const Call& c) {
-  std::vector<int64_t> shape(c.x.sizes().begin(), c.x.sizes().end() - 1);
-  shape.push_back(c.weight.size(0));
+std::vector<c10::SymInt> output_shape(const Call& c) {
+  std::vector<c10::SymInt> shape(c.x.sym_sizes().begin(), c.x.sym_sizes().end() - 1);
+  shape.push_back(c.weight.sym_size(0));
   return shape;
 }
 
@@ -111,7 +113,7 @@ Precision resolve_precision(const Call& c) {
 
 at::Tensor run_meta(const Call& c) {
   check_call(c);
-  return at::empty(output_shape(c), c.x.options());
+  return at::empty_symint(output_shape(c), c.x.options());
 }
 
 // Reference from ATen ops, in fp32, rounded to x's dtype at the end (the kernels' contract).
@@ -123,7 +125,7 @@ at::Tensor run_cpu(const Call& c) {
   if (c.op == Op::linear_bn_gelu_relu) {
     y = at::batch_norm(y.reshape({-1, n}), f32(c.bn_weight), f32(c.bn_bias), f32(c.running_mean),
                        f32(c.running_var), /*training=*/false, /*momentum=*/0.0, c.eps, /*cudnn_enabled=*/false)
-            .reshape(output_shape(c));
+            .reshape_symint(output_shape(c));
     y = at::gelu(y, "none");
   }
   return at::relu(y).to(c.x.scalar_type());
@@ -131,10 +133,13 @@ at::Tensor run_cpu(const Call& c) {
 
 at::Tensor run_cuda(const Call& c) {
   check_call(c);
-  at::Tensor y = at::empty(output_shape(c), c.x.options());
+  at::Tensor y = at::empty_symint(output_shape(c), c.x.options());
   const int64_t K = c.x.size(-1);
   const int64_t N = c.weight.size(0);
   const int64_t M = c10::multiply_integers(c.x.sizes().begin(), c.x.sizes().end() - 1);
+  TORCH_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX, c.op_name,
+              ": M (rows of x), N and K must each be below 2^31 for the CUDA kernels; got M = ", M, ", N = ", N,
+              ", K = ", K);
   if (y.numel() == 0) return y;
   c10::cuda::CUDAGuard guard(c.x.device());
 

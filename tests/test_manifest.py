@@ -48,9 +48,9 @@ def test_every_arch_within_its_shared_memory_limit():
 
 def test_variant_metadata_is_complete():
     for v in MANIFEST["variants"]:
-        assert set(v["config"]) == set(spec.CONFIG_KEYS)
+        assert set(v["config"]) == set(spec.CONFIG_KEYS) | set(spec.KERNELS[v["kernel"]]["knobs"])
         assert v["op"] in spec.OPS and v["precision"] in spec.PRECISIONS and v["layout"] in spec.LAYOUTS
-        assert v["entry_name"] == spec.KERNEL_NAME
+        assert v["entry_name"] == spec.KERNELS[v["kernel"]]["function"]
 
 
 def test_binary_matches_tuning_tables():

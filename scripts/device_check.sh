@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: build in place (no network), then the steps named as arguments.
+#   bash scripts/device_check.sh build gpu gpu89 demo tune bench-quick bench deploy
+# Logs go to $OUT (or ./device-logs) so they come back even when a step fails.
+set -u
+OUT=${OUT:-$PWD/device-logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+step() { echo "=== $1 ($(date +%T))"; }
+status=0
+for s in "$@"; do
+  case $s in
+    build)
+      step build
+      nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+      python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+      python3 -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1 \
+        || { tail -40 "$OUT/build.log"; exit 1; }
+      grep -E "fusedops AOT" "$OUT/build.log"
+      python3 -m fusedops info > /tmp/info.txt; head -5 /tmp/info.txt ;;
+    gpu)
+      step "GPU suite (native arch)"
+      python3 -m pytest ${GPU_TESTS:-tests} -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_suite.log" | tail -25
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
+    gpu89)
+      step "GPU suite with FUSEDOPS_FORCE_ARCH=89 (sm_89 kernels from PTX)"
+      FUSEDOPS_FORCE_ARCH=89 python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider -k "not sanitizer" 2>&1 \
+        | tee "$OUT/gpu_suite_sm89.log" | tail -15
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
+    demo)
+      step demo; python3 -m fusedops demo 2>&1 | tee "$OUT/demo.log" ;;
+    tune)
+      step tune; python3 -m bench.tune ${TUNE_ARGS:-} 2>&1 | tee "$OUT/tune.log" | grep -E "^\s+\S+\s+\S+\s+m<=\S+\s+\*|wrote"
+      cp aot/tuning/sm_9*.json "$OUT/" ;;
+    bench-quick)
+      step bench-quick; python3 -m bench.bench --quick --out "$OUT" 2>&1 | tee "$OUT/bench_quick.log" | tail -60 ;;
+    bench)
+      step bench; python3 -m bench.bench --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -90 ;;
+    *) echo "unknown step $s"; exit 2 ;;
+  esac
+done
+step done
+exit $status
