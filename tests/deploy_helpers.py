@@ -20,21 +20,20 @@ CPP_BUILD = REPO / "build" / "cpp-client"
 # triton.* submodule) fail as if Triton were not installed.
 BLOCK_TRITON = textwrap.dedent('''\
     import sys as _sys
+    from importlib.machinery import PathFinder as _PathFinder
 
-    class _NoTritonFinder:
-        """Makes `import triton` fail: fusedops must not need Triton at run time."""
+    class _PathFinderWithoutTriton(_PathFinder):
+        """sys.path lookups as usual, except that Triton is not there: `import triton` raises
+        ModuleNotFoundError and importlib.util.find_spec("triton") is None, exactly as where Triton is
+        not installed (torch's CUDA init asks find_spec, so a finder that raised would break it)."""
 
-        @staticmethod
-        def find_spec(name, path=None, target=None):
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
             if name == "triton" or name.startswith("triton."):
-                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the fusedops tests)", name=name)
-            return None
+                return None
+            return super().find_spec(name, path, target)
 
-        @staticmethod
-        def invalidate_caches():
-            pass
-
-    _sys.meta_path.insert(0, _NoTritonFinder)
+    _sys.meta_path[:] = [_PathFinderWithoutTriton if f is _PathFinder else f for f in _sys.meta_path]
     for _name in [n for n in _sys.modules if n == "triton" or n.startswith("triton.")]:
         del _sys.modules[_name]
     ''')

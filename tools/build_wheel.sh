@@ -6,7 +6,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-$ROOT/dist}"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-python3}"
 mkdir -p "$OUT"
 rm -f "$OUT"/fusedops-*.whl
 "$PYTHON" -m pip wheel --no-build-isolation --no-deps --no-index -w "$OUT" "$ROOT"
