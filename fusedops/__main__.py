@@ -3,6 +3,7 @@ python -m fusedops demo [--device D]   the two seed problems through the fused o
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -132,5 +133,15 @@ def main(argv=None):
     return demo(args.device, args.scale, repeats)
 
 
+def run_cli():
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `python -m fusedops info | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli())

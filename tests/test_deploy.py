@@ -99,17 +99,9 @@ def test_wheel_info_cli(venv):
     assert str(venv.package) in out  # "library: <path>"
 
 
-def test_wheel_ops_match_reference_cpu(venv):
-    out = check(venv.run(f"import runpy, sys\nsys.argv = ['deploy_suite', '--device', 'cpu']\n"
-                         f"sys.path.insert(0, {str(TESTS)!r})\n"
-                         f"runpy.run_path({str(TESTS / 'deploy_suite.py')!r}, run_name='__main__')\n"))
-    assert f"from {venv.package / '__init__.py'}" in out
-    assert "triton imported: False" in out
-
-
-@pytest.mark.gpu
-def test_wheel_ops_match_reference_cuda(venv):
-    out = check(venv.run(f"import runpy, sys\nsys.argv = ['deploy_suite', '--device', 'cuda']\n"
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_wheel_ops_match_reference(venv, device):
+    out = check(venv.run(f"import runpy, sys\nsys.argv = ['deploy_suite', '--device', {device!r}]\n"
                          f"sys.path.insert(0, {str(TESTS)!r})\n"
                          f"runpy.run_path({str(TESTS / 'deploy_suite.py')!r}, run_name='__main__')\n"))
     assert f"from {venv.package / '__init__.py'}" in out

@@ -115,3 +115,12 @@ def test_no_triton_import_in_package():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_info_cli_survives_a_closed_pipe():
+    """`python -m fusedops info | head -3` under `set -o pipefail` must not fail."""
+    proc = subprocess.run(f"set -o pipefail; {sys.executable} -m fusedops info | head -3", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "BrokenPipeError" not in proc.stderr
+    assert len(proc.stdout.splitlines()) == 3
