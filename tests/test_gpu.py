@@ -13,20 +13,12 @@ import pytest
 import torch
 
 import fusedops
-from reference import make_problem, rel_err, run_fused, run_ref
+from reference import GPU_TOLERANCE, make_problem, rel_err, run_fused, run_ref
 
 pytestmark = pytest.mark.gpu
 OPS = ["linear_relu", "linear_bn_gelu_relu"]
 FORCED_ARCH = os.environ.get("FUSEDOPS_FORCE_ARCH")
 
-# (x dtype, precision) -> (bound on ||out - ref|| / ||ref||, bound on max |out - ref| / max |ref|)
-TOLERANCE = {
-    (torch.float32, "ieee"): (2e-6, 2e-5),
-    (torch.float32, "tf32"): (2e-3, 1e-2),
-    (torch.float32, "fp16"): (2e-3, 1e-2),
-    (torch.float16, None): (1e-3, 4e-3),
-    (torch.bfloat16, None): (8e-3, 3e-2),
-}
 CASES = [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float32, "fp16"),
          (torch.float16, None), (torch.bfloat16, None)]
 
@@ -47,7 +39,7 @@ def check(op, p, dtype, precision, eps=1e-5):
     torch.cuda.synchronize()
     assert out.shape == ref.shape and out.dtype == dtype and out.device == p["x"].device
     assert not out.isnan().any(), "unwritten (poisoned) or NaN output elements"
-    norm_tol, max_tol = TOLERANCE[(dtype, precision)]
+    norm_tol, max_tol = GPU_TOLERANCE[(dtype, precision)]
     if ref.numel() and ref.abs().max() > 0:
         assert rel_err(out, ref) < norm_tol
         worst = ((out.double() - ref).abs().max() / ref.abs().max()).item()
