@@ -49,12 +49,17 @@ def plan_variants(archs):
             raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} cannot serve the {layout} layout on "
                              f"sm_{arch} (kernels: {spec.KERNELS})")
         knobs = {k: int(config.get(k, default)) for k, default in kernel_spec["knobs"].items()}
+        knobs.update({k: int(config.get(k, default)) for k, default in spec.LAUNCHER_KNOBS.items()})
+        if knobs["WEIGHT_FP16"] and spec.PRECISIONS[precision][1] != "fp16":
+            raise SystemExit(f"tuning table for sm_{arch}: WEIGHT_FP16 applies only to precisions whose kernel "
+                             f"computes in fp16 (fp32_fp16); {op} {precision} asks for it")
         config = dict({k: int(config[k]) for k in spec.CONFIG_KEYS}, **knobs)
         key = (arch, op, precision, layout, kernel, tuple(config.values()))
         if key not in index:
             tag = "m{BLOCK_M}n{BLOCK_N}k{BLOCK_K}g{GROUP_M}w{num_warps}s{num_stages}".format(**config)
             tag = tag if kernel == "tiled" else f"{kernel}_{tag}"
-            tag += "".join(f"_{k.lower()}{v}" for k, v in knobs.items() if v != kernel_spec["knobs"][k])
+            defaults = dict(kernel_spec["knobs"], **spec.LAUNCHER_KNOBS)  # 0/1 switches: name the non-defaults
+            tag += "".join(f"_{'' if v else 'no'}{k.lower()}" for k, v in knobs.items() if v != defaults[k])
             index[key] = len(variants)
             variants.append(dict(name=f"{op}__{precision}__sm{arch}__{layout}__{tag}", arch=arch, op=op,
                                  precision=precision, layout=layout, kernel=kernel, config=config))
@@ -82,7 +87,7 @@ def plan_variants(archs):
     return variants, rules
 
 
-def kernel_signature(kernel_kind, precision, layout):
+def kernel_signature(kernel_kind, precision, layout, weight_fp16=False):
     """Triton function, signature, constexprs and divisibility attributes for one variant."""
     import importlib
 
@@ -92,6 +97,8 @@ def kernel_signature(kernel_kind, precision, layout):
     layout_spec = spec.LAYOUTS[layout]
     names = kernel.arg_names
     signature = {n: spec.ARG_TYPES[n].replace("X", elem) for n in names if n in spec.ARG_TYPES}
+    if weight_fp16:
+        signature["w_ptr"] = "*fp16"
     constexprs = {n: 1 for n in layout_spec["unit_strides"] if n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in layout_spec["divisible_by_16"] if n in names}
     return kernel, names, signature, constexprs, attrs
@@ -102,11 +109,11 @@ def compile_variant(variant, cache_dir):
     import triton
     from triton.backends.compiler import GPUTarget
 
-    kernel, names, signature, constexprs, attrs = kernel_signature(variant["kernel"], variant["precision"],
-                                                                   variant["layout"])
     config = variant["config"]
+    kernel, names, signature, constexprs, attrs = kernel_signature(variant["kernel"], variant["precision"],
+                                                                   variant["layout"], config["WEIGHT_FP16"])
     constexprs = dict(constexprs, EPILOGUE=spec.OPS[variant["op"]], DOT=spec.PRECISIONS[variant["precision"]][1],
-                      **{k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")},
+                      **{k: config[k] for k in spec.TILE_KEYS},
                       **{k: bool(config[k]) for k in spec.KERNELS[variant["kernel"]]["knobs"]})
     full_signature = {n: ("constexpr" if n in constexprs else signature[n]) for n in names}
     runtime_args = [n for n in names if n not in constexprs]
@@ -238,6 +245,7 @@ def generate_cpp(built, rules, out):
             f"  {{{cpp_string(v['name'])}, {v['arch']}, Op::{v['op']}, Precision::{v['precision']}, "
             f"Layout::{v['layout']}, {c['BLOCK_M']}, {c['BLOCK_N']}, {c['BLOCK_K']}, {c['GROUP_M']}, "
             f"{v['num_warps']}, {c['num_stages']}, {str(spec.KERNELS[v['kernel']]['persistent']).lower()}, "
+            f"{str(bool(c['WEIGHT_FP16'])).lower()}, "
             f"{v['shared_bytes']}, {v['scratch_bytes']}, {v['scratch_align']}, {cpp_string(v['entry_name'])}, "
             f"fusedops_v{i}_cubin, static_cast<size_t>(fusedops_v{i}_cubin_end - fusedops_v{i}_cubin - 1), "
             f"reinterpret_cast<const char*>(fusedops_v{i}_ptx), &launch_v{i}}},")

@@ -14,7 +14,7 @@ KERNELS = {
     "tiled": {"function": "fused_linear_kernel", "layouts": ("aligned", "generic"), "min_arch": 80,
               "persistent": False, "knobs": {}},
     "tma": {"function": "fused_linear_tma_kernel", "layouts": ("aligned",), "min_arch": 90, "persistent": True,
-            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0}},
+            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SUBTILE": 0}},
 }
 
 # op name (= torch.ops.fusedops.<name>) -> the kernel's EPILOGUE constexpr
@@ -54,7 +54,13 @@ ARG_TYPES = {
     "eps": "fp32",
     "num_sms": "i32",
 }
-CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")  # kernel constexprs
+CONFIG_KEYS = TILE_KEYS + ("num_warps", "num_stages")  # plus the compile options
+# Config switches (0/1) that change what the launcher hands the kernel rather than the kernel source.
+# WEIGHT_FP16 (precisions whose DOT is "fp16" only): the launcher rounds the weight to fp16 once per call
+# (one pass over W: 6 bytes per element) and the kernel converts only x's tiles in registers; pays off once
+# M is large enough that every W tile would otherwise be converted M / BLOCK_M times.
+LAUNCHER_KNOBS = {"WEIGHT_FP16": 0}
 
 DEFAULT_ARCHS = (89, 90)
 # Largest dynamic shared memory one block may opt into, per arch (CUDA programming guide).

@@ -27,7 +27,7 @@ allow_tf32=True; "fp16" = fp16 operands, fp32 accumulate):
                   (linear_relu only); [fp16] on fp32 input casts x inside the timed call like eager[fp16].
   compile         torch.compile(eager composite, mode="max-autotune-no-cudagraphs", dynamic=False), compiled
                   once per problem, dtype and precision (torch._dynamo.reset() before each); the compile time
-                  is in the note. Scope: --compile {none,seed-fp16,seed,all} (default: seed-fp16 with --quick,
+                  is in the note. Scope: --compile {none,seed-fp16,seed-half,seed,all} (default: seed-fp16 with --quick,
                   all otherwise; --no-compile = none).
   seed 000/001    the seed documents' [CURRENT CODE] (found in <repo>/shared/seeds or <repo>/../shared/seeds, or
                   --seeds DIR), exec'd at run time and called through its wrapper exactly as written: seed 000
@@ -42,7 +42,11 @@ timed calls a GPU spin kernel (torch.cuda._sleep) is queued that outlasts the ho
 the events measure GPU execution, not Python or launch latency. Calls rotate among several input sets (x and the
 weight) holding together more than 2x the L2 cache (props.L2_cache_size, 50 MB on an H100), at most 32 sets and
 8 GB; large problems use one set. Repetitions adapt to the call's duration (--budget-ms per contender, between
-a minimum and --reps). All contenders of a problem use the same input sets.
+a minimum and --reps). All contenders of a problem use the same input sets. The contenders of a problem are timed
+in --rounds interleaved rounds (A B C A B C ...; default 3, 2 with --quick), each with its share of the budget, and
+each row's median is over all its timed calls: the H100 here runs at its 700 W limit under these GEMMs and its
+clock swings between ~1.4 and 1.98 GHz, so a contender timed in one block would owe part of its figure to its
+place in the order.
 
 Correctness: before timing, every contender's result on the first input set is compared with the eager fp32
 composite at 'highest' precision on the same (upcast) inputs: rel err = ||out - ref|| / ||ref||. Bounds: 1e-4 for
@@ -100,12 +104,14 @@ SEED_FILES = {"linear_bn_gelu_relu": ("000_", "fused_linear_bn_gelu_relu"),
 EPS = 1e-5
 DEVICE = "cuda"  # where inputs are made (the harness's own CPU dry runs set "cpu")
 INPUT_BUDGET_BYTES = 8 << 30
-COMPILE_SCOPES = ("none", "seed-fp16", "seed", "all")
+COMPILE_SCOPES = ("none", "seed-fp16", "seed-half", "seed", "all")
 FAMILIES = ("cublas", "fusedops", "eager", "cublaslt", "compile", "seed")
 TIMING = {  # per mode: warm-up calls, max timed calls, min timed calls, timed milliseconds per contender
     "quick": dict(warmup=3, reps=40, min_reps=5, budget_ms=60.0),
     "full": dict(warmup=5, reps=200, min_reps=10, budget_ms=200.0),
 }
+# The contenders of a case are timed in this many interleaved rounds (the budget above is split among them).
+TIMING_ROUNDS = {"quick": 2, "full": 3}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,6 +249,8 @@ def compile_applies(case: Case, scope: str) -> bool:
         return True
     if scope == "seed":
         return case.problem is not None
+    if scope == "seed-half":
+        return case.problem is not None and case.dtype in ("fp16", "bf16")
     if scope == "seed-fp16":
         return case.problem is not None and case.dtype == "fp16"
     return False
@@ -703,9 +711,10 @@ def rel_err(out, ref) -> float:
     return val if math.isfinite(val) else float("nan")
 
 
-def run_contender(spec: Spec, case: Case, data: CaseData, ref, seeds, state, timing_kw) -> dict:
+def prepare_contender(spec: Spec, case: Case, data: CaseData, ref, seeds, state) -> tuple:
+    """(row, callables): the row with its correctness check filled in, and its callables after one untimed call
+    each (compile / autotune happen there). callables is empty where the contender raised."""
     import torch
-    from bench.timing import time_cuda
     row = dict(problem=case.problem, op=case.op, dtype=case.dtype, M=case.M, N=case.N, K=case.K,
                contender=spec.name, family=spec.family, precision=spec.precision, variant=spec.variant,
                flops=case.flops, median_ms=None, rel_err=None, tol=None, check="", note="", error=None,
@@ -714,10 +723,7 @@ def run_contender(spec: Spec, case: Case, data: CaseData, ref, seeds, state, tim
         with matmul_precision(spec.precision), torch.no_grad():
             callables = make_callables(spec, case, data, seeds, state)
             sets = data.sets(spec.variant)
-            best = None
-            alts = {}
             for label, fn in callables:
-                # Untimed first call: correctness check, and compile/autotune for compile and seed rows.
                 t0 = time.perf_counter()
                 out = fn(*sets[0])
                 torch.cuda.synchronize()
@@ -733,30 +739,87 @@ def run_contender(spec: Spec, case: Case, data: CaseData, ref, seeds, state, tim
                     if tuple(out.shape) != tuple(ref.shape):
                         row["note"] = f"output shape {tuple(out.shape)} != {tuple(ref.shape)}"
                 del out
-                t = time_cuda(fn, rotate_inputs=sets, **timing_kw)
-                alts[label or spec.family] = t.median_ms
-                if best is None or t.median_ms < best[1].median_ms:
-                    best = (label, t)
-            row["median_ms"] = best[1].median_ms
-            row["timing"] = best[1].as_dict()
-            if len(callables) > 1:
-                row["alternatives"] = alts
-                row["note"] = f"{best[0]} (" + ", ".join(f"{k} {v:.4f}" for k, v in alts.items()) + ")"
+        return row, callables
     except Exception as e:  # noqa: BLE001 - record, never abort
-        msg = f"{type(e).__name__}: {e}"
-        row["error"] = msg[:4000]
-        row["traceback"] = traceback.format_exc()[-4000:]
-        row["check"] = "ERROR"
-        if isinstance(e, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
+        record_error(row, e)
+        return row, []
+
+
+def record_error(row, e):
+    import torch
+    msg = f"{type(e).__name__}: {e}"
+    row["error"] = msg[:4000]
+    row["traceback"] = traceback.format_exc()[-4000:]
+    row["check"] = "ERROR"
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+
+
+def time_contenders(prepared, specs: Sequence[Spec], data: CaseData, timing_kw, rounds: int):
+    """Times every prepared contender of one case in `rounds` interleaved rounds (A B C A B C ...), each round
+    with 1/rounds of the per-contender budget, and pools the per-call times: a contender timed while the GPU
+    sat at a lower clock (power limit, thermal) no longer owes its row to where it fell in the order."""
+    import statistics
+    import torch
+    from bench.timing import time_cuda
+    kw = dict(timing_kw)
+    if rounds > 1:
+        kw["reps"] = max(1, math.ceil(kw.get("reps", 100) / rounds))
+        kw["min_reps"] = max(1, math.ceil(kw.get("min_reps", 5) / rounds))
+        if kw.get("budget_ms") is not None:
+            kw["budget_ms"] = kw["budget_ms"] / rounds
+    pooled = [{label: [] for label, _ in callables} for _, callables in prepared]
+    last = [{} for _ in prepared]
+    for _ in range(rounds):
+        for i, ((row, callables), spec) in enumerate(zip(prepared, specs)):
+            if row["error"]:
+                continue
+            try:
+                with matmul_precision(spec.precision), torch.no_grad():
+                    for label, fn in callables:
+                        t = time_cuda(fn, rotate_inputs=data.sets(spec.variant), **kw)
+                        pooled[i][label].extend(t.times_ms)
+                        last[i][label] = t
+            except Exception as e:  # noqa: BLE001
+                record_error(row, e)
+    for i, (row, callables) in enumerate(prepared):
+        if row["error"] or not callables:
+            continue
+        medians = {label: statistics.median(times) for label, times in pooled[i].items()}
+        best = min(medians, key=medians.get)
+        times = sorted(pooled[i][best])
+        timing = last[i][best].as_dict()
+        timing.update(median_ms=medians[best], mean_ms=statistics.fmean(times), min_ms=times[0], max_ms=times[-1],
+                      p20_ms=times[int(0.2 * (len(times) - 1))], p80_ms=times[int(0.8 * (len(times) - 1))],
+                      reps=len(times), rounds=rounds)
+        row["median_ms"] = medians[best]
+        row["timing"] = timing
+        if len(callables) > 1:
+            alts = {(label or row["family"]): m for label, m in medians.items()}
+            row["alternatives"] = alts
+            row["note"] = f"{best} (" + ", ".join(f"{k} {v:.4f}" for k, v in alts.items()) + ")"
+
+
+def run_case_contenders(case: Case, specs: Sequence[Spec], data: CaseData, ref, seeds, state, timing_kw,
+                        rounds: int, progress=None) -> List[dict]:
+    """Every contender of one case: untimed first calls and checks, then interleaved timing rounds."""
+    prepared = []
+    try:
+        for spec in specs:
+            if progress:
+                progress.set(f"{case.label}: {spec.name} (first call)")
+            prepared.append(prepare_contender(spec, case, data, ref, seeds, state))
+        if progress:
+            progress.set(f"{case.label}: timing {len(specs)} contenders x {rounds} rounds")
+        time_contenders(prepared, specs, data, timing_kw, rounds)
     finally:
-        if spec.family == "compile":
+        if any(spec.family == "compile" for spec in specs):
             try:
                 import torch._dynamo
                 torch._dynamo.reset()
             except Exception:  # noqa: BLE001
                 pass
-    return row
+    return [row for row, _ in prepared]
 
 
 def collect_meta(args, mode, seed_dir, seeds, state, timing_kw, compile_scope) -> dict:
@@ -805,7 +868,8 @@ def build_parser():
                    "<repo>/../shared/seeds)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (same as --compile none)")
     p.add_argument("--compile", choices=COMPILE_SCOPES, default=None, dest="compile_scope",
-                   help="where to time torch.compile: none, seed-fp16 (seed problems, fp16 input), seed (seed "
+                   help="where to time torch.compile: none, seed-fp16 (seed problems, fp16 input), seed-half (seed "
+                   "problems, fp16 and bf16 inputs), seed (seed "
                    "problems, all dtypes), all (default: seed-fp16 with --quick, else all)")
     p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES),
                    help="contender families to run (cublas is the floor for 'x floor')")
@@ -816,6 +880,8 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per contender")
     p.add_argument("--reps", type=int, default=None, help="most timed calls per contender")
     p.add_argument("--budget-ms", type=float, default=None, help="timed GPU milliseconds per contender (reps adapt)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds per case (default: "
+                   + ", ".join(f"{k} {v}" for k, v in TIMING_ROUNDS.items()) + ")")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -827,6 +893,7 @@ def main(argv=None) -> int:
     mode = "quick" if args.quick else "full"
     compile_scope = "none" if args.no_compile else (args.compile_scope or ("seed-fp16" if args.quick else "all"))
     timing_kw = dict(TIMING[mode])
+    rounds = args.rounds if args.rounds is not None else TIMING_ROUNDS[mode]
     for k in ("warmup", "reps", "budget_ms"):
         if getattr(args, k) is not None:
             timing_kw[k] = getattr(args, k)
@@ -870,6 +937,7 @@ def main(argv=None) -> int:
     json_path = out_dir / f"bench_{stamp}.json"
     png_path = out_dir / f"bench_{stamp}.png"
     meta = collect_meta(args, mode, seed_dir, seeds, state, timing_kw, compile_scope)
+    meta["timing_rounds"] = rounds
     print(f"bench: {meta.get('device')} (sm {meta.get('capability')}, L2 {meta.get('l2_bytes', 0) / 2**20:.0f} MiB); "
           f"torch {meta['torch']}, triton {meta['triton']}, fusedops {meta['fusedops']}", file=sys.stderr)
     print(f"bench: {len(cases)} problems, {total} timed rows, mode {mode}, torch.compile scope {compile_scope}; "
@@ -896,13 +964,11 @@ def main(argv=None) -> int:
                                      error=msg[:2000]))
                     progress.update()
             else:
-                for spec in specs:
-                    progress.set(f"{case.label}: {spec.name}")
-                    row = run_contender(spec, case, data, ref, seeds, state, timing_kw)
+                for row in run_case_contenders(case, specs, data, ref, seeds, state, timing_kw, rounds, progress):
                     if row["error"]:
-                        progress.write(f"{case.label} {spec.name}: ERROR {_short(row['error'], 160)}")
+                        progress.write(f"{case.label} {row['contender']}: ERROR {_short(row['error'], 160)}")
                     elif row["check"] == "FAIL":
-                        progress.write(f"{case.label} {spec.name}: FAIL rel err {row['rel_err']:.2e} > "
+                        progress.write(f"{case.label} {row['contender']}: FAIL rel err {row['rel_err']:.2e} > "
                                        f"{row['tol']:.0e}")
                     rows.append(row)
                     progress.update()

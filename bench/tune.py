@@ -3,12 +3,14 @@
     python -m bench.tune                 # on the GPU whose arch is being tuned (needs triton: a dev tool)
     python -m bench.tune --dry-run       # print the table instead of writing it
 
-For each tuning key (half, fp32_tf32, fp32_fp16) and op, every candidate config of a shape bucket
-is compiled from kernels/fused_linear.py (Triton JIT, which specialises unit strides and 16-divisible
-sizes just as the AOT 'aligned' layout does) and timed on that bucket's shapes with
-triton.testing.do_bench (median, L2 flushed before each run). A bucket's winner is the config with
-the best geometric mean of time / best time over its shapes. fp32_ieee and the 'generic' layout keep
-the table's existing entries: they are correctness fallbacks, not the fast path.
+    python -m bench.tune --keys half --buckets narrow mid   # re-measure some buckets, keep the others
+
+For each tuning key (half, fp32_tf32, fp32_fp16, fp32_ieee) and op, every candidate config of a shape
+bucket (BUCKETS: skinny M, few output tiles, mid M, big) is compiled from kernels/fused_linear.py (Triton
+JIT, which specialises unit strides and 16-divisible sizes just as the AOT 'aligned' layout does) and
+timed on that bucket's shapes with triton.testing.do_bench (median, L2 flushed before each run). A
+bucket's winner is the config with the best geometric mean of time / best time over its shapes. The
+'generic' layout keeps the table's existing entries: a correctness fallback, not the fast path.
 
 The same command retunes sm_89 when run on an RTX 4090; candidates that exceed the arch's shared
 memory or spill are dropped by the AOT build's own limits afterwards (it fails loudly).
@@ -27,12 +29,16 @@ sys.path.insert(0, str(ROOT))
 
 from aot import spec  # noqa: E402
 
-# bucket -> (max_m or None, shapes (M, N, K) timed for it)
-BUCKETS = [
-    (64, [(16, 4096, 4096), (64, 4096, 4096), (16, 8192, 8192), (64, 1024, 4096), (1, 4096, 4096)]),
-    (512, [(256, 4096, 4096), (256, 8192, 8192), (512, 4096, 1024)]),
-    (None, [(16384, 4096, 4096), (1024, 8192, 8192), (4096, 4096, 4096), (4096, 1024, 4096), (16384, 4096, 1024)]),
-]
+# Shape buckets, in rule order (the first rule whose bounds hold wins at run time):
+# name -> (max_m, max_n (None: unbounded), shapes (M, N, K) timed for it)
+BUCKETS = {
+    "skinny": (64, None, [(16, 4096, 4096), (64, 4096, 4096), (16, 8192, 8192), (64, 1024, 4096), (1, 4096, 4096)]),
+    # few output tiles (M x N small, K long): big tiles would leave most of the SMs idle
+    "narrow": (1024, 1024, [(256, 1024, 4096), (1024, 1024, 4096), (512, 1024, 1024)]),
+    "mid": (512, None, [(256, 4096, 4096), (256, 8192, 8192), (256, 4096, 1024), (512, 4096, 1024)]),
+    "big": (None, None, [(16384, 4096, 4096), (1024, 8192, 8192), (4096, 4096, 4096), (4096, 1024, 4096),
+                         (16384, 4096, 1024)]),
+}
 
 
 def cfg(bm, bn, bk, warps, stages, group=8, kernel="tiled"):
@@ -40,9 +46,15 @@ def cfg(bm, bn, bk, warps, stages, group=8, kernel="tiled"):
     return config if kernel == "tiled" else dict(config, KERNEL=kernel)
 
 
-def tma(*args, ws=False, **kw):
+def tma(*args, ws=False, subtile=False, w16=False, **kw):
     config = cfg(*args, kernel="tma", **kw)
-    return dict(config, FLATTEN=0, WARP_SPECIALIZE=1) if ws else config
+    if ws:
+        config.update(FLATTEN=0, WARP_SPECIALIZE=1)
+    if subtile:
+        config.update(EPILOGUE_SUBTILE=1)
+    if w16:
+        config.update(WEIGHT_FP16=1)
+    return config
 
 
 SKINNY = [cfg(64, 64, 128, 4, 4), cfg(64, 32, 128, 4, 4), cfg(64, 32, 256, 4, 3), cfg(32, 32, 256, 4, 3),
@@ -55,41 +67,79 @@ HALF_BIG = [cfg(128, 256, 64, 8, 3), cfg(128, 128, 64, 8, 4), cfg(128, 128, 64, 
             tma(128, 256, 64, 8, 3, ws=True), tma(128, 128, 64, 8, 4, ws=True)]
 FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 8, 3), cfg(64, 256, 32, 4, 4),
             cfg(256, 128, 32, 8, 3), cfg(128, 128, 32, 4, 3), cfg(128, 128, 32, 4, 4),
-            tma(128, 128, 32, 8, 3), tma(128, 128, 32, 8, 4), tma(128, 128, 64, 8, 2)]
+            tma(128, 128, 32, 8, 3), tma(128, 128, 32, 8, 4), tma(128, 128, 64, 8, 2),
+            # a 128x256 fp32 output tile needs the split store to fit its staging buffer beside 3 stages
+            tma(128, 256, 32, 8, 3, subtile=True), tma(256, 128, 32, 8, 3, subtile=True)]
+# fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only
+FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32, 8, 4, subtile=True, w16=True),
+                            tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3) | {"WEIGHT_FP16": 1}]
 SKINNY_FP32 = [cfg(64, 64, 64, 4, 4), cfg(64, 32, 128, 4, 3), cfg(64, 32, 64, 4, 4), cfg(32, 32, 128, 4, 3)]
-CANDIDATES = {  # key -> (dtype of x, precision, skinny candidates, big candidates)
-    "half": (torch.float16, "native", SKINNY, HALF_BIG),
-    "fp32_tf32": (torch.float32, "tf32", SKINNY_FP32, FP32_BIG),
-    "fp32_fp16": (torch.float32, "fp16", SKINNY_FP32, FP32_BIG),
+# more, smaller tiles for the few-tile buckets
+HALF_NARROW = [cfg(64, 64, 64, 4, 4), cfg(64, 64, 128, 4, 3), cfg(32, 64, 128, 4, 4), cfg(64, 32, 128, 4, 4),
+               cfg(128, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4)]
+HALF_MID = [cfg(128, 128, 64, 4, 4), cfg(128, 128, 64, 8, 4), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 4),
+            cfg(64, 256, 64, 4, 4), cfg(128, 64, 64, 4, 4)]
+FP32_NARROW = [cfg(64, 64, 32, 4, 4), cfg(64, 64, 64, 4, 3), cfg(32, 64, 64, 4, 4), cfg(64, 32, 64, 4, 4),
+               cfg(128, 64, 32, 4, 4)]
+FP32_MID = [cfg(128, 128, 32, 4, 4), cfg(128, 128, 32, 8, 4), cfg(64, 128, 32, 4, 4), cfg(64, 64, 32, 4, 4),
+            cfg(64, 64, 64, 4, 3)]
+# fp32 'ieee' runs on the FMA units (no tensor cores): register tiles of 16..128 accumulators per thread
+IEEE_SKINNY = [cfg(64, 64, 32, 4, 3), cfg(16, 64, 128, 4, 3), cfg(32, 64, 64, 4, 3), cfg(16, 128, 64, 4, 3)]
+IEEE_NARROW = [cfg(64, 64, 32, 4, 3), cfg(32, 64, 32, 4, 3), cfg(64, 32, 32, 4, 3)]
+IEEE_BIG = [cfg(64, 64, 32, 4, 3), cfg(128, 128, 32, 8, 3), cfg(128, 128, 16, 8, 3), cfg(128, 64, 32, 4, 3),
+            cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2)]
+CANDIDATES = {  # key -> (dtype of x, the kernel's DOT, {bucket: candidate configs})
+    "half": (torch.float16, "native", dict(skinny=SKINNY, narrow=HALF_NARROW, mid=HALF_MID, big=HALF_BIG)),
+    "fp32_tf32": (torch.float32, "tf32", dict(skinny=SKINNY_FP32, narrow=FP32_NARROW, mid=FP32_MID, big=FP32_BIG)),
+    "fp32_fp16": (torch.float32, "fp16", dict(skinny=SKINNY_FP32, narrow=FP32_NARROW, mid=FP32_MID,
+                                              big=FP32_FP16_BIG)),
+    "fp32_ieee": (torch.float32, "ieee", dict(skinny=IEEE_SKINNY, narrow=IEEE_NARROW, mid=IEEE_NARROW + IEEE_BIG[1:],
+                                              big=IEEE_BIG)),
 }
+
+
+def jit_runner(op, dot, config, x, w, y, vectors):
+    """A no-argument callable launching one candidate config through Triton's JIT exactly as the AOT launcher
+    would: same kernel, constexprs, grid, scratch, and (WEIGHT_FP16) the per-call fp16 rounding of w."""
+    import triton
+    from kernels import fused_linear
+
+    M, K = x.shape
+    N = w.shape[0]
+    kind = config.get("KERNEL", "tiled")
+    kernel = spec.KERNELS[kind]
+    meta = dict({k: config[k] for k in spec.CONFIG_KEYS}, EPILOGUE=spec.OPS[op], DOT=dot,
+                **{k: bool(config.get(k, default)) for k, default in kernel["knobs"].items()})
+    weight_fp16 = bool(config.get("WEIGHT_FP16", spec.LAUNCHER_KNOBS["WEIGHT_FP16"]))
+    tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
+    if kernel["persistent"]:
+        # device-side TMA descriptors live in global scratch that the launcher provides
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        grid = (min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count),)
+
+    def run():
+        wk = w.to(torch.float16) if weight_fp16 else w
+        if kind == "tma":
+            fused_linear.fused_linear_tma_kernel[grid](x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0),
+                                                       y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta)
+        else:
+            fused_linear.fused_linear_kernel[(tiles,)](x, wk, y, *vectors, M, N, K, x.stride(0), x.stride(1),
+                                                       wk.stride(0), wk.stride(1), y.stride(0), y.stride(1), 1, 1, 1,
+                                                       1e-5, **meta)
+        return y
+    return run
 
 
 def time_config(op, dtype, dot, config, shape):
     import triton
-    from kernels import fused_linear
 
     M, N, K = shape
     x = torch.randn(M, K, device="cuda", dtype=dtype)
     w = torch.randn(N, K, device="cuda", dtype=dtype) * K ** -0.5
     y = torch.empty(M, N, device="cuda", dtype=dtype)
     vec = [torch.rand(N, device="cuda") + 0.5 for _ in range(5)]
-    tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
-    kernel = spec.KERNELS[config.get("KERNEL", "tiled")]
-    meta = dict({k: config[k] for k in spec.CONFIG_KEYS}, EPILOGUE=spec.OPS[op], DOT=dot,
-                **{k: bool(config.get(k, default)) for k, default in kernel["knobs"].items()})
-    if config.get("KERNEL", "tiled") == "tma":
-        # device-side TMA descriptors live in global scratch that the launcher provides
-        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-        grid = (min(tiles, torch.cuda.get_device_properties(0).multi_processor_count),)
-
-        def run():
-            fused_linear.fused_linear_tma_kernel[grid](x, w, y, *vec, M, N, K, x.stride(0), w.stride(0), y.stride(0),
-                                                       1, 1, 1, 1e-5, grid[0], **meta)
-    else:
-        def run():
-            fused_linear.fused_linear_kernel[(tiles,)](x, w, y, *vec, M, N, K, x.stride(0), x.stride(1), w.stride(0),
-                                                       w.stride(1), y.stride(0), y.stride(1), 1, 1, 1, 1e-5, **meta)
     try:
+        run = jit_runner(op, dot, config, x, w, y, vec)
         run()
         torch.cuda.synchronize()
         return triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
@@ -98,8 +148,8 @@ def time_config(op, dtype, dot, config, shape):
         return math.inf
 
 
-def pick(op, key, max_m, shapes, candidates):
-    dtype, dot, _, _ = CANDIDATES[key]
+def pick(op, key, bucket, shapes, candidates):
+    dtype, dot, _ = CANDIDATES[key]
     times = {i: [time_config(op, dtype, dot, c, s) for s in shapes] for i, c in enumerate(candidates)}
     best_per_shape = [min(times[i][j] for i in times) for j in range(len(shapes))]
     score = {i: math.exp(sum(math.log(t / b) for t, b in zip(times[i], best_per_shape)) / len(shapes))
@@ -107,9 +157,36 @@ def pick(op, key, max_m, shapes, candidates):
     winner = min(score, key=score.get)
     for i, c in enumerate(candidates):
         ms = " ".join(f"{t:.4f}" for t in times[i])
-        print(f"  {op:<20} {key:<9} m<={max_m or 'inf':<4} {'*' if i == winner else ' '} score {score[i]:.3f} "
+        print(f"  {op:<20} {key:<9} {bucket:<6} {'*' if i == winner else ' '} score {score[i]:.3f} "
               f"{json.dumps(c)} ms [{ms}]", flush=True)
     return candidates[winner], {"shapes": shapes, "ms": times[winner]}
+
+
+def table_config(table, key, op, shape):
+    """The config the current table gives this shape (the runtime's first-match rule)."""
+    m, n, k = shape
+    for rule in table["rules"].get(key, []):
+        if op in rule.get("ops", [op]) and all(rule.get(b) is None or v <= rule[b]
+                                               for b, v in (("max_m", m), ("max_n", n), ("max_k", k))):
+            return rule["config"]
+    raise SystemExit(f"the current table has no {key} rule for {op} at {shape}; tune every bucket (--buckets all)")
+
+
+def rules_for(op, configs):
+    """Rules for one op from {bucket: config}, in bucket order; a bucket whose config equals the catch-all's
+    is dropped when nothing between them differs (the catch-all already covers it)."""
+    rules = []
+    for name, (max_m, max_n, _) in BUCKETS.items():
+        rule = {"ops": [op]}
+        if max_m is not None:
+            rule["max_m"] = max_m
+        if max_n is not None:
+            rule["max_n"] = max_n
+        rule["config"] = configs[name]
+        rules.append(rule)
+    while len(rules) > 1 and rules[-2]["config"] == rules[-1]["config"]:
+        del rules[-2]
+    return rules
 
 
 def main():
@@ -117,6 +194,8 @@ def main():
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--keys", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--ops", nargs="*", default=list(spec.OPS))
+    parser.add_argument("--buckets", nargs="*", default=["all"], choices=["all", *BUCKETS],
+                        help="buckets to measure; the others keep the config the current table gives them")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.tune measures on a GPU; none is visible")
@@ -126,34 +205,35 @@ def main():
     table = json.loads(path.read_text()) if path.exists() else json.loads(
         (ROOT / "aot" / "tuning" / "sm_90.json").read_text())
     import triton
-    evidence = {}
+    measure = list(BUCKETS) if "all" in args.buckets else args.buckets
+    evidence = table.get("evidence_ms", {})
     for key in args.keys:
-        _, _, skinny, big = CANDIDATES[key]
-        rules = []
+        _, _, candidates = CANDIDATES[key]
+        rules = [r for r in table["rules"].get(key, []) if not set(r.get("ops", spec.OPS)) & set(args.ops)]
         for op in args.ops:
-            for max_m, shapes in BUCKETS:
-                candidates = skinny if max_m == 64 else big if max_m is None else skinny + big
-                best, seen = pick(op, key, max_m, shapes, candidates)
-                evidence[f"{key}/{op}/m<={max_m}"] = seen
-                rule = {"ops": [op], "config": best}
-                if max_m is not None:
-                    rule = {"ops": [op], "max_m": max_m, "config": best}
-                if rules and rules[-1]["ops"] == [op] and rules[-1]["config"] == best and max_m is None:
-                    rules[-1] = rule  # the previous bucket's winner also wins here: widen it
+            configs = {}
+            for name, (_, _, shapes) in BUCKETS.items():
+                if name in measure:
+                    configs[name], evidence[f"{key}/{op}/{name}"] = pick(op, key, name, shapes, candidates[name])
                 else:
-                    rules.append(rule)
+                    configs[name] = table_config(table, key, op, shapes[0])
+            rules += rules_for(op, configs)
         table["rules"][key] = rules
-    table["arch"] = arch
-    table["source"] = (f"measured by `python -m bench.tune` on {torch.cuda.get_device_name()} on "
-                       f"{datetime.date.today()} (torch {torch.__version__}, triton {triton.__version__}); "
-                       f"fp32_ieee and 'generic' entries are hand-set fallbacks")
-    table["evidence_ms"] = evidence
-    text = json.dumps(table, indent=1) + "\n"
-    if args.dry_run:
-        print(text)
-    else:
-        path.write_text(text)
-        print(f"wrote {path}")
+        table["arch"] = arch
+        runs = table.setdefault("runs", [])  # what measured which rules, oldest first
+        run = dict(date=str(datetime.date.today()), device=torch.cuda.get_device_name(), torch=torch.__version__,
+                   triton=triton.__version__, keys=args.keys[:args.keys.index(key) + 1], ops=args.ops, buckets=measure)
+        if runs and {k: v for k, v in runs[-1].items() if k != "keys"} == {k: v for k, v in run.items() if k != "keys"}:
+            runs[-1] = run  # the same invocation, one more key done
+        else:
+            runs.append(run)
+        table["evidence_ms"] = evidence
+        text = json.dumps(table, indent=1) + "\n"
+        if args.dry_run:
+            print(text)
+        else:  # after every key, so an interrupted run keeps what it finished
+            path.write_text(text)
+            print(f"wrote {path} ({key})", flush=True)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ bool is_aligned_call(const LaunchArgs& a) {
          aligned16(a.w_ptr) && aligned16(a.y_ptr);
 }
 
-void launch_fused_linear(const at::Tensor& x, Op op, Precision precision, const LaunchArgs& call_args) {
+void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, Op op, Precision precision,
+                         const LaunchArgs& call_args) {
   const int device = x.get_device();
   const DeviceInfo& info = device_info(device);
   const int arch = arch_for_capability(info.capability);
@@ -157,6 +158,13 @@ void launch_fused_linear(const at::Tensor& x, Op op, Precision precision, const 
               " tiles, more than one launch can hold");
   const int64_t grid = v.persistent ? std::min<int64_t>(tiles, info.sm_count) : tiles;
   args.num_sms = static_cast<int32_t>(grid);
+  at::Tensor weight_fp16;  // like scratch below: freed after the launch, reuse ordered on this stream
+  if (v.weight_fp16) {     // one rounding pass over W so that the kernel converts only x's tiles
+    weight_fp16 = weight.to(at::kHalf).contiguous();
+    args.w_ptr = reinterpret_cast<CUdeviceptr>(weight_fp16.data_ptr());
+    args.stride_wn = weight_fp16.stride(0);
+    args.stride_wk = 1;
+  }
   at::Tensor scratch;  // freed after the launch: the caching allocator orders reuse on this stream
   if (v.scratch_bytes > 0) {
     scratch = at::empty({grid * v.scratch_bytes + v.scratch_align}, x.options().dtype(at::kByte));

@@ -24,6 +24,8 @@ bool is_aligned_call(const LaunchArgs& a);
 std::string last_launch();
 
 // Picks the variant for this device and shape and launches it on the current stream of x's device.
-void launch_fused_linear(const at::Tensor& x, Op op, Precision precision, const LaunchArgs& args);
+// `weight` is the tensor behind args.w_ptr: variants that read an fp16 copy of it make that copy here.
+void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, Op op, Precision precision,
+                         const LaunchArgs& args);
 
 }  // namespace fusedops

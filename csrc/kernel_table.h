@@ -31,6 +31,7 @@ struct Variant {
   Layout layout;
   int block_m, block_n, block_k, group_m, num_warps, num_stages;
   bool persistent;        // grid = min(tiles, SMs); programs loop over tiles
+  bool weight_fp16;       // the launcher passes the weight rounded to fp16 (aot/spec.py LAUNCHER_KNOBS)
   unsigned shared_bytes;  // dynamic shared memory per block
   unsigned scratch_bytes, scratch_align;  // global scratch per program (TMA descriptors built on device)
   const char* entry;      // kernel symbol inside the module

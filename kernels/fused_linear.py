@@ -12,6 +12,7 @@ plus one line in aot/spec.py OPS.
 """
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 INV_SQRT2 = tl.constexpr(0.7071067811865476)
 # erf(z) = 1 - t*(A1 + t*(A2 + t*(A3 + t*(A4 + t*A5)))) * exp(-z^2), t = 1 / (1 + P*z), z >= 0
@@ -29,8 +30,11 @@ def relu_gelu(v):
     """relu(gelu_erf(v)). Only v > 0 survives the relu, so erf is needed on z >= 0 only; worst
     relative error 6.3e-7 against fp64 (torch's own fp32 gelu: 3.6e-7). NaN stays NaN, as in torch."""
     z = tl.maximum(v, 0.0) * INV_SQRT2
-    t = 1.0 / (1.0 + ERF_P * z)
-    erfc = t * (ERF_A1 + t * (ERF_A2 + t * (ERF_A3 + t * (ERF_A4 + t * ERF_A5)))) * tl.exp(-z * z)
+    # Hardware approximations (MUFU.RCP, MUFU.EX2, flush-to-zero) instead of IEEE division and denormal-safe
+    # exp: a few ulp, far below the formula's own 1.5e-7. Flushing is exact here: a denominator past 2^126 or
+    # an exponent below -126 only happens where erfc(z) < 1e-30 is 0 in fp32 anyway.
+    t = libdevice.fast_dividef(1.0, 1.0 + ERF_P * z)
+    erfc = t * (ERF_A1 + t * (ERF_A2 + t * (ERF_A3 + t * (ERF_A4 + t * ERF_A5)))) * libdevice.fast_expf(-z * z)
     return tl.where(v > 0, v * (1.0 - 0.5 * erfc), v * 0.0)  # v * 0.0: 0, or NaN for NaN/-inf as torch
 
 
@@ -133,13 +137,17 @@ def fused_linear_tma_kernel(
     num_sms,  # programs launched (<= number of SMs); each walks tiles num_sms apart
     EPILOGUE: tl.constexpr, DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FLATTEN: tl.constexpr = True, WARP_SPECIALIZE: tl.constexpr = False,
+    FLATTEN: tl.constexpr = True, WARP_SPECIALIZE: tl.constexpr = False, EPILOGUE_SUBTILE: tl.constexpr = False,
 ):
     # Descriptors are built on the device (in the launcher-provided global scratch); the TMA unit
     # zero-fills out-of-range reads and clips out-of-range writes, so no masks anywhere.
+    # w may be fp16 while x is fp32 (DOT "fp16" with a weight the launcher rounded once per call).
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_xm, 1], block_shape=[BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
-    y_desc = tl.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[stride_ym, 1], block_shape=[BLOCK_M, BLOCK_N])
+    # EPILOGUE_SUBTILE: the epilogue and the store go in two [BLOCK_M, BLOCK_N / 2] halves, which halves
+    # the shared-memory staging buffer of the store (what lets 128x256 fp32 tiles fit).
+    STORE_N: tl.constexpr = BLOCK_N // 2 if EPILOGUE_SUBTILE else BLOCK_N
+    y_desc = tl.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[stride_ym, 1], block_shape=[BLOCK_M, STORE_N])
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     # FLATTEN lets the software pipeline run the next tile's loads under this tile's epilogue;
@@ -153,7 +161,17 @@ def fused_linear_tma_kernel(
             a = x_desc.load([off_m, k * BLOCK_K])
             b = w_desc.load([off_n, k * BLOCK_K])
             acc = mma(a, b.T, acc, DOT)
-        offs_n = off_n + tl.arange(0, BLOCK_N)
-        acc = epilogue(acc, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma,
-                       has_beta, eps, EPILOGUE)
-        y_desc.store([off_m, off_n], acc.to(y_desc.dtype))
+        if EPILOGUE_SUBTILE:
+            left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, STORE_N)), (0, 2, 1)))
+            offs_n = off_n + tl.arange(0, STORE_N)
+            left = epilogue(left, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma,
+                            has_beta, eps, EPILOGUE)
+            y_desc.store([off_m, off_n], left.to(y_desc.dtype))
+            right = epilogue(right, offs_n + STORE_N, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias,
+                             has_gamma, has_beta, eps, EPILOGUE)
+            y_desc.store([off_m, off_n + STORE_N], right.to(y_desc.dtype))
+        else:
+            offs_n = off_n + tl.arange(0, BLOCK_N)
+            acc = epilogue(acc, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma,
+                           has_beta, eps, EPILOGUE)
+            y_desc.store([off_m, off_n], acc.to(y_desc.dtype))

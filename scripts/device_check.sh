@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build in place (no network), then the steps named as arguments.
-#   bash scripts/device_check.sh build gpu gpu89 demo tune bench-quick bench
+#   bash scripts/device_check.sh build gpu gpu89 demo tune bench-quick bench-seed bench-sweep bench
+# bench-seed + bench-sweep together are the full benchmark split in two (the seed problems with every
+# contender and torch.compile for fp16/bf16; the sweep against the cuBLAS floor with a shorter budget).
+# BENCH_LIMIT_S caps each bench step (SIGINT: the bench still prints and saves what it timed).
 # Logs go to $OUT (or ./device-logs) so they come back even when a step fails.
 set -u
 OUT=${OUT:-$PWD/device-logs}
@@ -33,6 +36,14 @@ for s in "$@"; do
       cp aot/tuning/sm_9*.json "$OUT/" ;;
     bench-quick)
       step bench-quick; python3 -m bench.bench --quick --out "$OUT" 2>&1 | tee "$OUT/bench_quick.log" | tail -60 ;;
+    bench-seed)
+      step bench-seed; timeout -s INT ${BENCH_LIMIT_S:-3000} python3 -m bench.bench --seed-problems-only \
+        --compile seed-half --out "$OUT" --no-progress \
+        2>&1 | tee "$OUT/bench_seed.log" | tail -60 ;;
+    bench-sweep)
+      step bench-sweep; timeout -s INT ${BENCH_LIMIT_S:-3000} python3 -m bench.bench --no-seed-problems --no-compile \
+        --families cublas fusedops cublaslt --budget-ms 40 --rounds 2 --out "$OUT" --no-progress 2>&1 \
+        | tee "$OUT/bench_sweep.log" | tail -40 ;;
     bench)
       step bench; python3 -m bench.bench --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -90 ;;
     *) echo "unknown step $s"; exit 2 ;;

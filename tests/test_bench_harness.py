@@ -78,6 +78,9 @@ def test_plan_contenders():
     assert B.plan_contenders(half_bn, families=["fusedops"], seed_label=None)[0].name == "fusedops"
     assert B.compile_applies(B.Case("linear_relu", "fp16", 1, 2, 3, "p"), "seed-fp16")
     assert not B.compile_applies(B.Case("linear_relu", "bf16", 1, 2, 3, "p"), "seed-fp16")
+    assert B.compile_applies(B.Case("linear_relu", "bf16", 1, 2, 3, "p"), "seed-half")
+    assert not B.compile_applies(B.Case("linear_relu", "fp32", 1, 2, 3, "p"), "seed-half")
+    assert not B.compile_applies(B.Case("linear_relu", "bf16", 1, 2, 3), "seed-half")
     assert not B.compile_applies(half_bn, "seed") and B.compile_applies(half_bn, "all")
 
 
@@ -158,3 +161,53 @@ def test_cli_parses():
     assert args.quick and args.ops == ["linear_relu"] and args.nk == [(4096, 1024)] and args.no_compile
     with pytest.raises(SystemExit):
         B.build_parser().parse_args(["--nk", "4096"])
+
+
+def test_time_contenders_interleaves_rounds_and_pools(monkeypatch):
+    """Rounds go A B A B (not A A B B); each row's median is over the calls of all its rounds; budgets split."""
+    order, budgets = [], []
+
+    def fake_time_cuda(fn, rotate_inputs=None, **kw):
+        name = fn()
+        order.append(name)
+        budgets.append(kw["budget_ms"])
+        times = {"a": [1.0, 5.0, 6.0], "b1": [2.0, 2.0, 2.0], "b2": [3.0, 3.0, 3.0]}[name]
+        if len(order) > 3:  # the second round runs faster: the pooled median must see both rounds
+            times = [t / 2 for t in times]
+        return T.Timing(median_ms=sorted(times)[1], mean_ms=sum(times) / 3, min_ms=min(times), max_ms=max(times),
+                        p20_ms=min(times), p80_ms=max(times), reps=3, warmup=1, n_inputs=1, host_ms_per_call=0.0,
+                        hid_host_overhead=False, times_ms=list(times))
+
+    monkeypatch.setattr(T, "time_cuda", fake_time_cuda)
+
+    class Data:
+        def sets(self, variant):
+            return [()]
+
+    specs = [B.Spec("fusedops", "fusedops", "fp16", "native"), B.Spec("cublas", "cublas", "fp16", "native")]
+    rows = [dict(error=None, family=s.family) for s in specs]
+    prepared = [(rows[0], [("", lambda: "a")]), (rows[1], [("mm", lambda: "b1"), ("addmm", lambda: "b2")])]
+    B.time_contenders(prepared, specs, Data(), dict(warmup=1, reps=10, min_reps=2, budget_ms=100.0), rounds=2)
+    assert order == ["a", "b1", "b2", "a", "b1", "b2"]
+    assert budgets == [50.0] * 6
+    assert rows[0]["median_ms"] == 2.75 and rows[0]["timing"]["reps"] == 6 and rows[0]["timing"]["rounds"] == 2
+    assert rows[1]["median_ms"] == 1.5 and rows[1]["note"].startswith("mm ")  # mm beats addmm over both rounds
+
+
+def test_tuner_rules_follow_bucket_order_and_reuse_the_table():
+    """bench.tune: rules come out in bucket order with their bounds; a bucket not re-measured keeps the config the
+    current table gives its first shape (first-match, max_n included)."""
+    from bench import tune
+    a, b, c = ({"BLOCK_M": m} for m in (16, 64, 128))
+    rules = tune.rules_for("linear_relu", {"skinny": a, "narrow": b, "mid": c, "big": c})
+    assert [(r.get("max_m"), r.get("max_n"), r["config"]) for r in rules] == [(64, None, a), (1024, 1024, b),
+                                                                             (None, None, c)]
+    assert all(r["ops"] == ["linear_relu"] for r in rules)
+    table = {"rules": {"half": [{"ops": ["linear_relu"], "max_m": 64, "config": a},
+                                {"max_m": 1024, "max_n": 1024, "config": b}, {"config": c}]}}
+    assert tune.table_config(table, "half", "linear_relu", (16, 4096, 4096)) == a
+    assert tune.table_config(table, "half", "linear_bn_gelu_relu", (16, 1024, 4096)) == b  # rule 1: relu only
+    assert tune.table_config(table, "half", "linear_bn_gelu_relu", (16, 4096, 4096)) == c
+    assert tune.table_config(table, "half", "linear_relu", (256, 1024, 4096)) == b
+    assert tune.table_config(table, "half", "linear_relu", (256, 2048, 4096)) == c
+    assert list(tune.BUCKETS)[-1] == "big" and tune.BUCKETS["big"][:2] == (None, None)  # ends with a catch-all

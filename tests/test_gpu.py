@@ -83,6 +83,38 @@ def test_aligned_and_generic_layouts(op, dtype, precision):
     assert "__generic__" in torch.ops.fusedops._last_launch()
 
 
+def expected_variant(op, precision, layout, m, n, k):
+    """The variant the tuning tables (as compiled into the binary) name for this call: first matching rule."""
+    manifest = fusedops.build_info()["manifest"]
+    major, minor = torch.cuda.get_device_capability()
+    arch = torch.ops.fusedops._arch_for_capability(major * 10 + minor)
+    for rule in manifest["rules"]:
+        if (rule["arch"], rule["op"], rule["precision"], rule["layout"]) == (arch, op, precision, layout) and all(
+                bound < 0 or value <= bound for bound, value in ((rule["max_m"], m), (rule["max_n"], n),
+                                                                 (rule["max_k"], k))):
+            return manifest["variants"][rule["variant"]]
+    raise AssertionError(f"no rule for {op} {precision} {layout} on sm_{arch}")
+
+
+@pytest.mark.parametrize("dtype,precision,name", [(torch.float32, "tf32", "fp32_tf32"),
+                                                  (torch.float32, "fp16", "fp32_fp16"),
+                                                  (torch.float16, None, "fp16")], ids=["tf32", "fp32_fp16", "fp16"])
+@pytest.mark.parametrize("op", OPS)
+def test_every_size_bucket_runs_its_table_variant(op, dtype, precision, name):
+    """One call per M bucket of the tables (skinny, middle, big: tiled, persistent TMA, split-epilogue and
+    fp16-weight variants alike), each checked against fp64 and against the variant the rules name. The weight is
+    a row-strided view (16-aligned rows, not contiguous): variants that round it to fp16 copy it first."""
+    n, k = 272, 512
+    for m in (16, 300, 2100):
+        p = make_problem((m,), n, k, dtype, device="cuda", seed=m)
+        wide = torch.zeros(n, k + 16, dtype=dtype, device="cuda")
+        wide[:, :k] = p["weight"]
+        p["weight"] = wide[:, :k]
+        check(op, p, dtype, precision)
+        want = expected_variant(op, name, "aligned", m, n, k)
+        assert torch.ops.fusedops._last_launch().startswith(want["name"] + " "), (m, want["name"])
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_dispatch_follows_forced_arch_and_uses_the_right_binary(op):
     p = make_problem((32,), 64, 64, torch.float16, device="cuda")

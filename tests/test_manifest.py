@@ -48,7 +48,10 @@ def test_every_arch_within_its_shared_memory_limit():
 
 def test_variant_metadata_is_complete():
     for v in MANIFEST["variants"]:
-        assert set(v["config"]) == set(spec.CONFIG_KEYS) | set(spec.KERNELS[v["kernel"]]["knobs"])
+        assert set(v["config"]) == (set(spec.CONFIG_KEYS) | set(spec.KERNELS[v["kernel"]]["knobs"])
+                                    | set(spec.LAUNCHER_KNOBS))
+        if v["config"]["WEIGHT_FP16"]:
+            assert spec.PRECISIONS[v["precision"]][1] == "fp16", v["name"]
         assert v["op"] in spec.OPS and v["precision"] in spec.PRECISIONS and v["layout"] in spec.LAYOUTS
         assert v["entry_name"] == spec.KERNELS[v["kernel"]]["function"]
 

@@ -1,0 +1,238 @@
+"""Time candidate kernel configs (Triton JIT, the same source the AOT build compiles) on the seed problems.
+
+    python -m bench.probe                  # every group below
+    python -m bench.probe --groups p41_half p76_tf32 --out /tmp/probe
+
+A development tool for PERF_NOTES.md (needs a GPU and triton), complementary to bench.tune: tune.py picks
+table entries over whole shape buckets; this one answers one question at a time on one shape, and times
+each candidate twice, the two ways that disagreed in the past:
+  back_to_back  bench.timing.time_cuda: calls queued back to back, median of per-call CUDA events
+                (what bench/bench.py reports; the GPU never idles between calls)
+  do_bench      triton.testing.do_bench median: the L2 is flushed (a 256 MB memset) before every call
+Candidates with WEIGHT_FP16 (fp32 in, fp16 tensor cores) round the weight to fp16 inside the timed call, as
+the AOT launcher does.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aot import spec  # noqa: E402
+from bench.timing import time_cuda  # noqa: E402
+
+
+def cfg(bm, bn, bk, warps, stages, kernel="tma", group=8, **knobs):
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group, num_warps=warps, num_stages=stages,
+                KERNEL=kernel, **knobs)
+
+
+SUB = dict(EPILOGUE_SUBTILE=1)
+AOT = None  # the built op itself, through torch.ops.fusedops (whatever the tables pick)
+# group -> (op, M, N, K, dtype of x, DOT, [(label, config, weight in fp16?)])
+GROUPS = {
+    "p41_half": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", cfg(128, 256, 64, 8, 3)),
+        ("AOT op (torch.ops.fusedops)", AOT),
+        ("tma 128x256x64 s3 subtile", cfg(128, 256, 64, 8, 3, **SUB)),
+        ("tma 128x256x64 s4 subtile", cfg(128, 256, 64, 8, 4, **SUB)),
+        ("tma 256x128x64 s3", cfg(256, 128, 64, 8, 3)),
+        ("tma 128x128x64 w4 s2 (2 CTA/SM)", cfg(128, 128, 64, 4, 2)),
+        ("tma 128x128x32 w4 s4 (2 CTA/SM)", cfg(128, 128, 32, 4, 4)),
+        ("tma 128x256x64 s3 g16", cfg(128, 256, 64, 8, 3, group=16)),
+    ]),
+    # the same kernel through the AOT op and through the JIT, timed interleaved (--rounds): is there a gap?
+    "p41_aot_vs_jit": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", cfg(128, 256, 64, 8, 3)),
+        ("AOT op (torch.ops.fusedops)", AOT),
+    ]),
+    "p41_bf16": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.bfloat16, "native", [
+        ("tma 128x256x64 s3 (table)", cfg(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3 subtile", cfg(128, 256, 64, 8, 3, **SUB)),
+    ]),
+    "p41_relu_half": ("linear_relu", 16384, 4096, 4096, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", cfg(128, 256, 64, 8, 3)),
+    ]),
+    "p41_fp32_fp16": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "fp16", [
+        ("tiled 256x128x32 w8 s3 (table)", cfg(256, 128, 32, 8, 3, kernel="tiled")),
+        ("AOT op (torch.ops.fusedops)", AOT),
+        ("tma 128x128x32 s4, w fp32", cfg(128, 128, 32, 8, 4)),
+        ("tma 128x256x32 s3, w16", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
+        ("tma 128x256x32 s4 subtile, w16", cfg(128, 256, 32, 8, 4, **SUB, WEIGHT_FP16=1)),
+        ("tma 128x128x64 s3, w16", cfg(128, 128, 64, 8, 3, WEIGHT_FP16=1)),
+        ("tma 128x128x32 s4, w16", cfg(128, 128, 32, 8, 4, WEIGHT_FP16=1)),
+        ("tma 256x128x32 s3 subtile, w16", cfg(256, 128, 32, 8, 3, **SUB, WEIGHT_FP16=1)),
+        ("tiled 128x256x32 w8 s3, w16", cfg(128, 256, 32, 8, 3, kernel="tiled", WEIGHT_FP16=1)),
+        ("tiled 128x128x32 w8 s4, w16", cfg(128, 128, 32, 8, 4, kernel="tiled", WEIGHT_FP16=1)),
+    ]),
+    "p76_tf32": ("linear_relu", 1024, 8192, 8192, torch.float32, "tf32", [
+        ("tma 128x128x32 s4 (table)", cfg(128, 128, 32, 8, 4)),
+        ("AOT op (torch.ops.fusedops)", AOT),
+        ("tma 128x128x32 s5", cfg(128, 128, 32, 8, 5)),
+        ("tma 128x256x32 s3 subtile", cfg(128, 256, 32, 8, 3, **SUB)),
+        ("tma 128x256x16 s4", cfg(128, 256, 16, 8, 4)),
+        ("tma 256x128x32 s3 subtile", cfg(256, 128, 32, 8, 3, **SUB)),
+        ("tma 128x128x64 s3 subtile", cfg(128, 128, 64, 8, 3, **SUB)),
+        ("tma 128x128x32 w4 s4", cfg(128, 128, 32, 4, 4)),
+        ("tma 128x256x32 s3 subtile g4", cfg(128, 256, 32, 8, 3, group=4, **SUB)),
+    ]),
+    "p41_tf32": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "tf32", [
+        ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3, kernel="tiled")),
+        ("tma 128x128x32 s4", cfg(128, 128, 32, 8, 4)),
+        ("tma 128x256x32 s3 subtile", cfg(128, 256, 32, 8, 3, **SUB)),
+    ]),
+}
+REFERENCES = {  # group -> what the issue compares against, timed the same two ways
+    "p41_half": "mm", "p41_aot_vs_jit": "mm", "p41_bf16": "mm", "p41_relu_half": "mm", "p41_fp32_fp16": "mm16", "p76_tf32": "lt_relu",
+    "p41_tf32": "mm",
+}
+
+
+def make_runner(op, M, N, K, dtype, dot, config):
+    from bench.tune import jit_runner
+
+    g = torch.Generator(device="cuda")
+    g.manual_seed(0)
+    x = torch.randn(M, K, device="cuda", dtype=torch.float32, generator=g).to(dtype)
+    w = (torch.randn(N, K, device="cuda", dtype=torch.float32, generator=g) * K ** -0.5).to(dtype)
+    y = torch.empty(M, N, device="cuda", dtype=dtype)
+    b, mean, beta = (torch.randn(N, device="cuda", generator=g) * 0.1 for _ in range(3))
+    var = torch.rand(N, device="cuda", generator=g) * 0.5 + 0.5
+    gamma = torch.randn(N, device="cuda", generator=g) * 0.2 + 1.0
+
+    def reference():
+        import torch.nn.functional as F
+        with torch.no_grad():
+            r = F.linear(x.double(), w.double(), b.double())
+            if op == "linear_bn_gelu_relu":
+                r = F.gelu(F.batch_norm(r, mean.double(), var.double(), gamma.double(), beta.double(), False, 0.0,
+                                        1e-5))
+            return torch.relu(r)
+
+    if config is AOT:
+        import fusedops
+        kw = {"precision": dot} if dtype == torch.float32 else {}
+        if op == "linear_relu":
+            def run():
+                return fusedops.linear_relu(x, w, b, **kw)
+        else:
+            def run():
+                return fusedops.linear_bn_gelu_relu(x, w, b, mean, var, gamma, beta, 1e-5, **kw)
+    else:
+        run = jit_runner(op, dot, config, x, w, y, (b, mean, var, gamma, beta))
+    return run, reference, (x, w, b)
+
+
+def reference_runner(kind, x, w, b):
+    if kind == "mm":
+        return lambda: torch.mm(x, w.t())
+    if kind == "mm16":
+        x16, w16 = x.to(torch.float16), w.to(torch.float16)
+        return lambda: torch.mm(x16, w16.t())
+    if kind == "lt_relu":
+        return lambda: torch._addmm_activation(b, x, w.t(), use_gelu=False)
+    raise ValueError(kind)
+
+
+def both_timings(fn):
+    import triton
+    t = time_cuda(fn, warmup=10, reps=100, budget_ms=300.0, min_reps=20)
+    d = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return t.median_ms, d
+
+
+def interleaved(group, rounds, out):
+    """Every candidate of a group and its reference, timed back to back in `rounds` interleaved rounds (A B C A B C);
+    medians over the pooled calls, so a power-limit clock dip lands on all of them alike."""
+    import statistics
+    op, M, N, K, dtype, dot, candidates = GROUPS[group]
+    runners = []
+    for label, config in candidates:
+        run, _, tensors = make_runner(op, M, N, K, dtype, dot, config)
+        run()
+        runners.append((label, run))
+    runners.append((f"reference {REFERENCES[group]}", reference_runner(REFERENCES[group], *tensors)))
+    pooled = {label: [] for label, _ in runners}
+    for _ in range(rounds):
+        for label, run in runners:
+            pooled[label] += time_cuda(run, warmup=5, reps=60, budget_ms=150.0, min_reps=10).times_ms
+    rows = [dict(group=group, label=label, rounds=rounds, median_ms=statistics.median(t), calls=len(t))
+            for label, t in pooled.items()]
+    for r in rows:
+        print(f"{group:<14} {r['label']:<36} interleaved x{rounds}: {r['median_ms']:.4f} ms ({r['calls']} calls)",
+              flush=True)
+    (out / f"probe_{group}_interleaved.json").write_text(json.dumps(rows, indent=1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--groups", nargs="*", default=list(GROUPS))
+    parser.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
+    parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new candidates after this")
+    parser.add_argument("--rounds", type=int, default=1, help="> 1: time each group's candidates interleaved, "
+                        "back to back only")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.rounds > 1:
+        for group in args.groups:
+            interleaved(group, args.rounds, out)
+        return
+    start = time.time()
+    torch.backends.cuda.matmul.allow_tf32 = True  # the TF32 references (cuBLASLt) run TF32
+    rows = []
+    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu",
+                            "--format=csv,noheader", "-lms", "200"], stdout=open(out / "smi.csv", "w"),
+                           stderr=subprocess.DEVNULL) if shutil.which("nvidia-smi") else None
+    try:
+        for group in args.groups:
+            op, M, N, K, dtype, dot, candidates = GROUPS[group]
+            flop = 2.0 * M * N * K
+            for label, config in candidates:
+                if time.time() - start > args.budget_s:
+                    print(f"budget spent; skipping {group} / {label}", flush=True)
+                    continue
+                row = dict(group=group, label=label, config=config)
+                try:
+                    run, reference, tensors = make_runner(op, M, N, K, dtype, dot, config)
+                    y = run()
+                    torch.cuda.synchronize()
+                    ref = reference()
+                    row["rel_err"] = ((y.double() - ref).norm() / ref.norm()).item()
+                    row["b2b_ms"], row["do_bench_ms"] = both_timings(run)
+                    if label.endswith("(table)") or label == candidates[0][0]:
+                        ref_fn = reference_runner(REFERENCES[group], *tensors)
+                        r_b2b, r_db = both_timings(ref_fn)
+                        rows.append(dict(group=group, label=f"reference {REFERENCES[group]}", b2b_ms=r_b2b,
+                                         do_bench_ms=r_db))
+                        print(f"{group:<14} {'reference ' + REFERENCES[group]:<36} b2b {r_b2b:.4f} ms  "
+                              f"do_bench {r_db:.4f} ms", flush=True)
+                except Exception as e:  # noqa: BLE001 - report and go on
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                rows.append(row)
+                if "error" in row:
+                    print(f"{group:<14} {label:<36} ERROR {row['error']}", flush=True)
+                else:
+                    print(f"{group:<14} {label:<36} b2b {row['b2b_ms']:.4f} ms  do_bench {row['do_bench_ms']:.4f} ms"
+                          f"  {flop / row['b2b_ms'] / 1e9:.0f} TFLOP/s  err {row['rel_err']:.1e}", flush=True)
+                (out / "probe.json").write_text(json.dumps(rows, indent=1))
+    finally:
+        if smi:
+            smi.terminate()
+    print("\nsummary (ms, back-to-back / do_bench)")
+    for r in rows:
+        if "error" not in r:
+            print(f"  {r['group']:<14} {r['label']:<36} {r['b2b_ms']:.4f} / {r['do_bench_ms']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
