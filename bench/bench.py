@@ -26,7 +26,8 @@ allow_tf32=True; "fp16" = fp16 operands, fp32 accumulate):
   cublasLt+relu   torch._addmm_activation(b, x, w.t(), use_gelu=False): cuBLASLt's fused bias+ReLU epilogue
                   (linear_relu only); [fp16] on fp32 input casts x inside the timed call like eager[fp16].
   compile         torch.compile(eager composite, mode="max-autotune-no-cudagraphs", dynamic=False), compiled
-                  once per problem, dtype and precision (torch._dynamo.reset() before each); the compile time
+                  once per problem, dtype and precision (each its own copy of the function, so its own dynamo
+                  cache; torch._dynamo.reset() before and after each problem); the compile time
                   is in the note. Scope: --compile {none,seed-fp16,seed-half,seed,all} (default: seed-fp16 with --quick,
                   all otherwise; --no-compile = none).
   seed 000/001    the seed documents' [CURRENT CODE] (found in <repo>/shared/seeds or <repo>/../shared/seeds, or
@@ -633,6 +634,13 @@ class CaseData:
             return composite(op)(x.float(), w.float(), v["b"], v["mean"], v["var"], v["gamma"], v["beta"])
 
 
+def with_own_code(fn, tag: str):
+    """fn with a code object of its own (named <name>_<tag>): torch.compile keeps one dynamo cache per code
+    object, so two compiled copies (fp32 'ieee' and 'tf32' compile differently) never share or evict entries."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
 def make_callables(spec: Spec, case: Case, data: CaseData, seeds: Dict[str, dict], state: dict):
     """[(label, fn)]: the callables to time for this row; more than one for the floor (mm and addmm), the faster
     wins. fn takes one rotation item, splatted."""
@@ -677,11 +685,11 @@ def make_callables(spec: Spec, case: Case, data: CaseData, seeds: Dict[str, dict
 
     if fam == "compile":
         import torch._dynamo
-        torch._dynamo.reset()
         for knob in ("recompile_limit", "cache_size_limit"):
             if hasattr(torch._dynamo.config, knob):
                 setattr(torch._dynamo.config, knob, 1024)
-        compiled = torch.compile(comp, mode="max-autotune-no-cudagraphs", dynamic=False)
+        # the rows of one problem stay compiled side by side through the interleaved timing rounds
+        compiled = torch.compile(with_own_code(comp, p), mode="max-autotune-no-cudagraphs", dynamic=False)
         a = tuple(vd[k] for k in ("b", "mean", "var", "gamma", "beta"))
         return [("", lambda x, w: compiled(x, w, *a))]
 
@@ -761,7 +769,7 @@ def time_contenders(prepared, specs: Sequence[Spec], data: CaseData, timing_kw, 
     sat at a lower clock (power limit, thermal) no longer owes its row to where it fell in the order."""
     import statistics
     import torch
-    from bench.timing import time_cuda
+    from bench.timing import Timing, time_cuda
     kw = dict(timing_kw)
     if rounds > 1:
         kw["reps"] = max(1, math.ceil(kw.get("reps", 100) / rounds))
@@ -787,13 +795,11 @@ def time_contenders(prepared, specs: Sequence[Spec], data: CaseData, timing_kw, 
             continue
         medians = {label: statistics.median(times) for label, times in pooled[i].items()}
         best = min(medians, key=medians.get)
-        times = sorted(pooled[i][best])
-        timing = last[i][best].as_dict()
-        timing.update(median_ms=medians[best], mean_ms=statistics.fmean(times), min_ms=times[0], max_ms=times[-1],
-                      p20_ms=times[int(0.2 * (len(times) - 1))], p80_ms=times[int(0.8 * (len(times) - 1))],
-                      reps=len(times), rounds=rounds)
-        row["median_ms"] = medians[best]
-        row["timing"] = timing
+        t = last[i][best]
+        timing = Timing.from_times(pooled[i][best], warmup=t.warmup, n_inputs=t.n_inputs,
+                                   host_ms_per_call=t.host_ms_per_call, hid_host_overhead=t.hid_host_overhead)
+        row["median_ms"] = timing.median_ms
+        row["timing"] = dict(timing.as_dict(), rounds=rounds)
         if len(callables) > 1:
             alts = {(label or row["family"]): m for label, m in medians.items()}
             row["alternatives"] = alts
@@ -804,7 +810,11 @@ def run_case_contenders(case: Case, specs: Sequence[Spec], data: CaseData, ref, 
                         rounds: int, progress=None) -> List[dict]:
     """Every contender of one case: untimed first calls and checks, then interleaved timing rounds."""
     prepared = []
+    compiles = any(spec.family == "compile" for spec in specs)
     try:
+        if compiles:
+            import torch._dynamo
+            torch._dynamo.reset()  # nothing compiled for an earlier problem is reused or kept
         for spec in specs:
             if progress:
                 progress.set(f"{case.label}: {spec.name} (first call)")
@@ -813,7 +823,7 @@ def run_case_contenders(case: Case, specs: Sequence[Spec], data: CaseData, ref, 
             progress.set(f"{case.label}: timing {len(specs)} contenders x {rounds} rounds")
         time_contenders(prepared, specs, data, timing_kw, rounds)
     finally:
-        if any(spec.family == "compile" for spec in specs):
+        if compiles:
             try:
                 import torch._dynamo
                 torch._dynamo.reset()

@@ -14,7 +14,6 @@ the AOT launcher does.
 """
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -27,79 +26,72 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aot import spec  # noqa: E402
+from bench.bench import EPS, composite  # noqa: E402
 from bench.timing import time_cuda  # noqa: E402
+from bench.tune import cfg, jit_runner, tma  # noqa: E402
 
 
-def cfg(bm, bn, bk, warps, stages, kernel="tma", group=8, **knobs):
-    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group, num_warps=warps, num_stages=stages,
-                KERNEL=kernel, **knobs)
-
-
-SUB = dict(EPILOGUE_SUBTILE=1)
 AOT = None  # the built op itself, through torch.ops.fusedops (whatever the tables pick)
-# group -> (op, M, N, K, dtype of x, DOT, [(label, config, weight in fp16?)])
+# group -> (op, M, N, K, dtype of x, DOT, [(label, config)])
 GROUPS = {
     "p41_half": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", cfg(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
-        ("tma 128x256x64 s3 subtile", cfg(128, 256, 64, 8, 3, **SUB)),
-        ("tma 128x256x64 s4 subtile", cfg(128, 256, 64, 8, 4, **SUB)),
-        ("tma 256x128x64 s3", cfg(256, 128, 64, 8, 3)),
-        ("tma 128x128x64 w4 s2 (2 CTA/SM)", cfg(128, 128, 64, 4, 2)),
-        ("tma 128x128x32 w4 s4 (2 CTA/SM)", cfg(128, 128, 32, 4, 4)),
-        ("tma 128x256x64 s3 g16", cfg(128, 256, 64, 8, 3, group=16)),
+        ("tma 128x256x64 s3 subtile", tma(128, 256, 64, 8, 3, subtile=True)),
+        ("tma 128x256x64 s4 subtile", tma(128, 256, 64, 8, 4, subtile=True)),
+        ("tma 256x128x64 s3", tma(256, 128, 64, 8, 3)),
+        ("tma 128x128x64 w4 s2 (2 CTA/SM)", tma(128, 128, 64, 4, 2)),
+        ("tma 128x128x32 w4 s4 (2 CTA/SM)", tma(128, 128, 32, 4, 4)),
+        ("tma 128x256x64 s3 g16", tma(128, 256, 64, 8, 3, group=16)),
     ]),
     # the same kernel through the AOT op and through the JIT, timed interleaved (--rounds): is there a gap?
     "p41_aot_vs_jit": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", cfg(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
     ]),
     "p41_bf16": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.bfloat16, "native", [
-        ("tma 128x256x64 s3 (table)", cfg(128, 256, 64, 8, 3)),
-        ("tma 128x256x64 s3 subtile", cfg(128, 256, 64, 8, 3, **SUB)),
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3 subtile", tma(128, 256, 64, 8, 3, subtile=True)),
     ]),
     "p41_relu_half": ("linear_relu", 16384, 4096, 4096, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", cfg(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
     ]),
     "p41_fp32_fp16": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "fp16", [
-        ("tiled 256x128x32 w8 s3 (table)", cfg(256, 128, 32, 8, 3, kernel="tiled")),
+        ("tiled 256x128x32 w8 s3 (table)", cfg(256, 128, 32, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
-        ("tma 128x128x32 s4, w fp32", cfg(128, 128, 32, 8, 4)),
-        ("tma 128x256x32 s3, w16", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
-        ("tma 128x256x32 s4 subtile, w16", cfg(128, 256, 32, 8, 4, **SUB, WEIGHT_FP16=1)),
-        ("tma 128x128x64 s3, w16", cfg(128, 128, 64, 8, 3, WEIGHT_FP16=1)),
-        ("tma 128x128x32 s4, w16", cfg(128, 128, 32, 8, 4, WEIGHT_FP16=1)),
-        ("tma 256x128x32 s3 subtile, w16", cfg(256, 128, 32, 8, 3, **SUB, WEIGHT_FP16=1)),
-        ("tiled 128x256x32 w8 s3, w16", cfg(128, 256, 32, 8, 3, kernel="tiled", WEIGHT_FP16=1)),
-        ("tiled 128x128x32 w8 s4, w16", cfg(128, 128, 32, 8, 4, kernel="tiled", WEIGHT_FP16=1)),
+        ("tma 128x128x32 s4, w fp32", tma(128, 128, 32, 8, 4)),
+        ("tma 128x256x32 s3, w16", tma(128, 256, 32, 8, 3, w16=True)),
+        ("tma 128x256x32 s4 subtile, w16", tma(128, 256, 32, 8, 4, subtile=True, w16=True)),
+        ("tma 128x128x64 s3, w16", tma(128, 128, 64, 8, 3, w16=True)),
+        ("tma 128x128x32 s4, w16", tma(128, 128, 32, 8, 4, w16=True)),
+        ("tma 256x128x32 s3 subtile, w16", tma(256, 128, 32, 8, 3, subtile=True, w16=True)),
+        ("tiled 128x256x32 w8 s3, w16", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
+        ("tiled 128x128x32 w8 s4, w16", cfg(128, 128, 32, 8, 4, WEIGHT_FP16=1)),
     ]),
     "p76_tf32": ("linear_relu", 1024, 8192, 8192, torch.float32, "tf32", [
-        ("tma 128x128x32 s4 (table)", cfg(128, 128, 32, 8, 4)),
+        ("tma 128x128x32 s4 (table)", tma(128, 128, 32, 8, 4)),
         ("AOT op (torch.ops.fusedops)", AOT),
-        ("tma 128x128x32 s5", cfg(128, 128, 32, 8, 5)),
-        ("tma 128x256x32 s3 subtile", cfg(128, 256, 32, 8, 3, **SUB)),
-        ("tma 128x256x16 s4", cfg(128, 256, 16, 8, 4)),
-        ("tma 256x128x32 s3 subtile", cfg(256, 128, 32, 8, 3, **SUB)),
-        ("tma 128x128x64 s3 subtile", cfg(128, 128, 64, 8, 3, **SUB)),
-        ("tma 128x128x32 w4 s4", cfg(128, 128, 32, 4, 4)),
-        ("tma 128x256x32 s3 subtile g4", cfg(128, 256, 32, 8, 3, group=4, **SUB)),
+        ("tma 128x128x32 s5", tma(128, 128, 32, 8, 5)),
+        ("tma 128x256x32 s3 subtile", tma(128, 256, 32, 8, 3, subtile=True)),
+        ("tma 128x256x16 s4", tma(128, 256, 16, 8, 4)),
+        ("tma 256x128x32 s3 subtile", tma(256, 128, 32, 8, 3, subtile=True)),
+        ("tma 128x128x64 s3 subtile", tma(128, 128, 64, 8, 3, subtile=True)),
+        ("tma 128x128x32 w4 s4", tma(128, 128, 32, 4, 4)),
+        ("tma 128x256x32 s3 subtile g4", tma(128, 256, 32, 8, 3, group=4, subtile=True)),
     ]),
     "p41_tf32": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "tf32", [
-        ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3, kernel="tiled")),
-        ("tma 128x128x32 s4", cfg(128, 128, 32, 8, 4)),
-        ("tma 128x256x32 s3 subtile", cfg(128, 256, 32, 8, 3, **SUB)),
+        ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
+        ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
+        ("tma 128x256x32 s3 subtile", tma(128, 256, 32, 8, 3, subtile=True)),
     ]),
 }
 REFERENCES = {  # group -> what the issue compares against, timed the same two ways
-    "p41_half": "mm", "p41_aot_vs_jit": "mm", "p41_bf16": "mm", "p41_relu_half": "mm", "p41_fp32_fp16": "mm16", "p76_tf32": "lt_relu",
-    "p41_tf32": "mm",
+    "p41_half": "mm", "p41_aot_vs_jit": "mm", "p41_bf16": "mm", "p41_relu_half": "mm", "p41_fp32_fp16": "mm16",
+    "p76_tf32": "lt_relu", "p41_tf32": "mm",
 }
 
 
 def make_runner(op, M, N, K, dtype, dot, config):
-    from bench.tune import jit_runner
-
     g = torch.Generator(device="cuda")
     g.manual_seed(0)
     x = torch.randn(M, K, device="cuda", dtype=torch.float32, generator=g).to(dtype)
@@ -109,14 +101,9 @@ def make_runner(op, M, N, K, dtype, dot, config):
     var = torch.rand(N, device="cuda", generator=g) * 0.5 + 0.5
     gamma = torch.randn(N, device="cuda", generator=g) * 0.2 + 1.0
 
-    def reference():
-        import torch.nn.functional as F
+    def reference():  # the bench's eager composite, in fp64
         with torch.no_grad():
-            r = F.linear(x.double(), w.double(), b.double())
-            if op == "linear_bn_gelu_relu":
-                r = F.gelu(F.batch_norm(r, mean.double(), var.double(), gamma.double(), beta.double(), False, 0.0,
-                                        1e-5))
-            return torch.relu(r)
+            return composite(op)(*(t.double() for t in (x, w, b, mean, var, gamma, beta)))
 
     if config is AOT:
         import fusedops
@@ -126,7 +113,7 @@ def make_runner(op, M, N, K, dtype, dot, config):
                 return fusedops.linear_relu(x, w, b, **kw)
         else:
             def run():
-                return fusedops.linear_bn_gelu_relu(x, w, b, mean, var, gamma, beta, 1e-5, **kw)
+                return fusedops.linear_bn_gelu_relu(x, w, b, mean, var, gamma, beta, EPS, **kw)
     else:
         run = jit_runner(op, dot, config, x, w, y, (b, mean, var, gamma, beta))
     return run, reference, (x, w, b)

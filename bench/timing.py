@@ -48,6 +48,14 @@ class Timing:
     hid_host_overhead: bool
     times_ms: List[float] = field(default_factory=list, repr=False)
 
+    @classmethod
+    def from_times(cls, times: List[float], **fields) -> "Timing":
+        """The statistics of these per-call times; fields: the rest (warmup, n_inputs, host cost, ...)."""
+        ordered = sorted(times)
+        return cls(median_ms=statistics.median(times), mean_ms=statistics.fmean(times), min_ms=ordered[0],
+                   max_ms=ordered[-1], p20_ms=_quantile(ordered, 0.2), p80_ms=_quantile(ordered, 0.8),
+                   reps=len(times), times_ms=list(times), **fields)
+
     def as_dict(self, with_times=False):
         d = asdict(self)
         if not with_times:
@@ -151,11 +159,9 @@ def time_cuda(fn: Callable, *, warmup: int = 10, reps: int = 100, rotate_inputs:
         done += this
     torch.cuda.synchronize()
     times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    ordered = sorted(times)
-    return Timing(median_ms=statistics.median(times), mean_ms=statistics.fmean(times), min_ms=ordered[0],
-                  max_ms=ordered[-1], p20_ms=_quantile(ordered, 0.2), p80_ms=_quantile(ordered, 0.8), reps=reps,
-                  warmup=warmup + 1, n_inputs=n, host_ms_per_call=host_ms if host_ms is not None else float("nan"),
-                  hid_host_overhead=hide, times_ms=times)
+    return Timing.from_times(times, warmup=warmup + 1, n_inputs=n,
+                             host_ms_per_call=host_ms if host_ms is not None else float("nan"),
+                             hid_host_overhead=hide)
 
 
 def l2_bytes(device=None) -> int:

@@ -41,8 +41,10 @@ BUCKETS = {
 }
 
 
-def cfg(bm, bn, bk, warps, stages, group=8, kernel="tiled"):
+def cfg(bm, bn, bk, warps, stages, group=8, kernel="tiled", **switches):
+    """A tuning-table config; switches: knobs such as WEIGHT_FP16=1 (aot/spec.py)."""
     config = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group, "num_warps": warps, "num_stages": stages}
+    config.update(switches)
     return config if kernel == "tiled" else dict(config, KERNEL=kernel)
 
 
@@ -72,7 +74,7 @@ FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 
             tma(128, 256, 32, 8, 3, subtile=True), tma(256, 128, 32, 8, 3, subtile=True)]
 # fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only
 FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32, 8, 4, subtile=True, w16=True),
-                            tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3) | {"WEIGHT_FP16": 1}]
+                            tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)]
 SKINNY_FP32 = [cfg(64, 64, 64, 4, 4), cfg(64, 32, 128, 4, 3), cfg(64, 32, 64, 4, 4), cfg(32, 32, 128, 4, 3)]
 # more, smaller tiles for the few-tile buckets
 HALF_NARROW = [cfg(64, 64, 64, 4, 4), cfg(64, 64, 128, 4, 3), cfg(32, 64, 128, 4, 4), cfg(64, 32, 128, 4, 4),

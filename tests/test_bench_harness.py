@@ -211,3 +211,25 @@ def test_tuner_rules_follow_bucket_order_and_reuse_the_table():
     assert tune.table_config(table, "half", "linear_relu", (256, 1024, 4096)) == b
     assert tune.table_config(table, "half", "linear_relu", (256, 2048, 4096)) == c
     assert list(tune.BUCKETS)[-1] == "big" and tune.BUCKETS["big"][:2] == (None, None)  # ends with a catch-all
+
+
+def test_compile_rows_keep_separate_dynamo_caches():
+    """Two compiled copies of the composite (one per precision row) each compile once and stay compiled when
+    called alternately, as the interleaved timing rounds do; one shared code object would not keep them apart."""
+    import torch
+
+    compiles = []
+
+    def backend(gm, example_inputs):
+        compiles.append(gm)
+        return gm.forward
+
+    comp = B.composite("linear_relu")
+    a = torch.compile(B.with_own_code(comp, "ieee"), backend=backend)
+    b = torch.compile(B.with_own_code(comp, "tf32"), backend=backend)
+    x, w, bias = torch.randn(4, 8), torch.randn(3, 8), torch.randn(3)
+    for _ in range(2):
+        for f in (a, b):
+            torch.testing.assert_close(f(x, w, bias), comp(x, w, bias))
+    assert len(compiles) == 2
+    assert B.with_own_code(comp, "ieee").__code__ is not comp.__code__

@@ -101,9 +101,10 @@ def expected_variant(op, precision, layout, m, n, k):
                                                   (torch.float16, None, "fp16")], ids=["tf32", "fp32_fp16", "fp16"])
 @pytest.mark.parametrize("op", OPS)
 def test_every_size_bucket_runs_its_table_variant(op, dtype, precision, name):
-    """One call per M bucket of the tables (skinny, middle, big: tiled, persistent TMA, split-epilogue and
-    fp16-weight variants alike), each checked against fp64 and against the variant the rules name. The weight is
-    a row-strided view (16-aligned rows, not contiguous): variants that round it to fp16 copy it first."""
+    """Three calls (M 16, 300, 2100 at N 272) that land in different rules of the tables (sm_90: skinny, few
+    output tiles, big; tiled, persistent TMA, split-epilogue and fp16-weight variants alike), each checked against
+    fp64 and against the variant the rules name. The weight is a row-strided view (16-aligned rows, not
+    contiguous): variants that round it to fp16 copy it first."""
     n, k = 272, 512
     for m in (16, 300, 2100):
         p = make_problem((m,), n, k, dtype, device="cuda", seed=m)
