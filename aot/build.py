@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from aot import spec  # noqa: E402
 
-CACHE_FORMAT = "4"  # bump when the compile recipe below changes
+CACHE_FORMAT = "5"  # bump when the compile recipe below changes
 
 
 def load_tuning_table(arch):
@@ -50,16 +50,24 @@ def plan_variants(archs):
                              f"sm_{arch} (kernels: {spec.KERNELS})")
         knobs = {k: int(config.get(k, default)) for k, default in kernel_spec["knobs"].items()}
         knobs.update({k: int(config.get(k, default)) for k, default in spec.LAUNCHER_KNOBS.items()})
+        for name, value in knobs.items():
+            if value not in spec.KNOB_VALUES.get(name, (0, 1)):
+                raise SystemExit(f"tuning table for sm_{arch}: {name} must be one of "
+                                 f"{spec.KNOB_VALUES.get(name, (0, 1))}; {op} {precision} has {value}")
         if knobs["WEIGHT_FP16"] and spec.PRECISIONS[precision][1] != "fp16":
             raise SystemExit(f"tuning table for sm_{arch}: WEIGHT_FP16 applies only to precisions whose kernel "
                              f"computes in fp16 (fp32_fp16); {op} {precision} asks for it")
+        if knobs["CTAS_PER_SM"] != 1 and not kernel_spec["persistent"]:
+            raise SystemExit(f"tuning table for sm_{arch}: CTAS_PER_SM applies only to persistent kernels; "
+                             f"{op} {precision} sets it on KERNEL {kernel!r}")
         config = dict({k: int(config[k]) for k in spec.CONFIG_KEYS}, **knobs)
         key = (arch, op, precision, layout, kernel, tuple(config.values()))
         if key not in index:
             tag = "m{BLOCK_M}n{BLOCK_N}k{BLOCK_K}g{GROUP_M}w{num_warps}s{num_stages}".format(**config)
             tag = tag if kernel == "tiled" else f"{kernel}_{tag}"
-            defaults = dict(kernel_spec["knobs"], **spec.LAUNCHER_KNOBS)  # 0/1 switches: name the non-defaults
-            tag += "".join(f"_{'' if v else 'no'}{k.lower()}" for k, v in knobs.items() if v != defaults[k])
+            defaults = dict(kernel_spec["knobs"], **spec.LAUNCHER_KNOBS)  # name the non-defaults
+            tag += "".join(f"_{k.lower()}{v}" if k in spec.KNOB_VALUES else f"_{'' if v else 'no'}{k.lower()}"
+                           for k, v in knobs.items() if v != defaults[k])
             index[key] = len(variants)
             variants.append(dict(name=f"{op}__{precision}__sm{arch}__{layout}__{tag}", arch=arch, op=op,
                                  precision=precision, layout=layout, kernel=kernel, config=config))
@@ -114,7 +122,7 @@ def compile_variant(variant, cache_dir):
                                                                    variant["layout"], config["WEIGHT_FP16"])
     constexprs = dict(constexprs, EPILOGUE=spec.OPS[variant["op"]], DOT=spec.PRECISIONS[variant["precision"]][1],
                       **{k: config[k] for k in spec.TILE_KEYS},
-                      **{k: bool(config[k]) for k in spec.KERNELS[variant["kernel"]]["knobs"]})
+                      **{k: spec.knob_constexpr(k, config[k]) for k in spec.KERNELS[variant["kernel"]]["knobs"]})
     full_signature = {n: ("constexpr" if n in constexprs else signature[n]) for n in names}
     runtime_args = [n for n in names if n not in constexprs]
 
@@ -184,6 +192,12 @@ def check_limits(built):
         if total_shared > limit:
             problems.append(f"{v['name']}: needs {total_shared} bytes of shared memory per block; "
                             f"sm_{v['arch']} allows {limit} ({limit // 1024} KB)")
+        ctas = v["config"]["CTAS_PER_SM"]
+        if ctas > 1 and (ctas * (total_shared + 1024) > spec.SHARED_MEMORY_PER_SM[v["arch"]]
+                         or ctas * v["registers"] * v["num_warps"] * 32 > spec.REGISTERS_PER_SM):
+            problems.append(f"{v['name']}: CTAS_PER_SM={ctas} needs {ctas} x ({total_shared} + 1024) bytes of shared "
+                            f"memory and {ctas} x {v['registers']} x {v['num_warps'] * 32} registers; one SM of "
+                            f"sm_{v['arch']} has {spec.SHARED_MEMORY_PER_SM[v['arch']]} and {spec.REGISTERS_PER_SM}")
         if v["arch"] in spec.STRICT_ARCHS and v["spills"]:
             problems.append(f"{v['name']}: spills registers on sm_{v['arch']} ({v['registers']} registers, "
                             f"{v['stack_bytes']} stack bytes): shrink its tile in "
@@ -245,7 +259,7 @@ def generate_cpp(built, rules, out):
             f"  {{{cpp_string(v['name'])}, {v['arch']}, Op::{v['op']}, Precision::{v['precision']}, "
             f"Layout::{v['layout']}, {c['BLOCK_M']}, {c['BLOCK_N']}, {c['BLOCK_K']}, {c['GROUP_M']}, "
             f"{v['num_warps']}, {c['num_stages']}, {str(spec.KERNELS[v['kernel']]['persistent']).lower()}, "
-            f"{str(bool(c['WEIGHT_FP16'])).lower()}, "
+            f"{str(bool(c['WEIGHT_FP16'])).lower()}, {c['CTAS_PER_SM']}, {c.get('SPLIT_K', 1)}, "
             f"{v['shared_bytes']}, {v['scratch_bytes']}, {v['scratch_align']}, {cpp_string(v['entry_name'])}, "
             f"fusedops_v{i}_cubin, static_cast<size_t>(fusedops_v{i}_cubin_end - fusedops_v{i}_cubin - 1), "
             f"reinterpret_cast<const char*>(fusedops_v{i}_ptx), &launch_v{i}}},")

@@ -9,12 +9,12 @@ import os
 KERNEL_SOURCE = "kernels/fused_linear.py"
 
 # main-loop kind (a tuning-table config's "KERNEL", default "tiled") -> its Triton function and limits
-# "knobs": extra constexpr switches a config may set (0/1), with their defaults.
+# "knobs": extra constexprs a config may set, with their defaults (values: KNOB_VALUES, else 0/1).
 KERNELS = {
     "tiled": {"function": "fused_linear_kernel", "layouts": ("aligned", "generic"), "min_arch": 80,
-              "persistent": False, "knobs": {}},
+              "persistent": False, "knobs": {"SPLIT_K": 1}},
     "tma": {"function": "fused_linear_tma_kernel", "layouts": ("aligned",), "min_arch": 90, "persistent": True,
-            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SUBTILE": 0}},
+            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SLICES": 1}},
 }
 
 # op name (= torch.ops.fusedops.<name>) -> the kernel's EPILOGUE constexpr
@@ -53,6 +53,7 @@ ARG_TYPES = {
     "has_bias": "i32", "has_gamma": "i32", "has_beta": "i32",
     "eps": "fp32",
     "num_sms": "i32",
+    "partials_ptr": "*fp32", "tile_counters_ptr": "*i32",
 }
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")  # kernel constexprs
 CONFIG_KEYS = TILE_KEYS + ("num_warps", "num_stages")  # plus the compile options
@@ -60,11 +61,23 @@ CONFIG_KEYS = TILE_KEYS + ("num_warps", "num_stages")  # plus the compile option
 # WEIGHT_FP16 (precisions whose DOT is "fp16" only): the launcher rounds the weight to fp16 once per call
 # (one pass over W: 6 bytes per element) and the kernel converts only x's tiles in registers; pays off once
 # M is large enough that every W tile would otherwise be converted M / BLOCK_M times.
-LAUNCHER_KNOBS = {"WEIGHT_FP16": 0}
+# CTAS_PER_SM (persistent kernels only): programs launched per SM. 2 with one warpgroup each and at most half
+# an SM's shared memory: one program's epilogue runs while the other's tensor-core main loop does.
+LAUNCHER_KNOBS = {"WEIGHT_FP16": 0, "CTAS_PER_SM": 1}
+# Knobs that take a count rather than 0/1.
+KNOB_VALUES = {"EPILOGUE_SLICES": (1, 2, 4), "CTAS_PER_SM": (1, 2), "SPLIT_K": (1, 2, 3, 4, 6, 8)}
+
+
+def knob_constexpr(name, value):
+    """A knob's value as the kernel's constexpr: a count stays an int, a 0/1 switch becomes a bool."""
+    return int(value) if name in KNOB_VALUES else bool(value)
 
 DEFAULT_ARCHS = (89, 90)
 # Largest dynamic shared memory one block may opt into, per arch (CUDA programming guide).
 SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 120: 101376}
+# Shared memory of one SM, of which the driver reserves 1 KB per resident block (CTAS_PER_SM > 1 must fit).
+SHARED_MEMORY_PER_SM = {80: 167936, 86: 102400, 87: 167936, 89: 102400, 90: 233472, 120: 102400}
+REGISTERS_PER_SM = 65536
 # Arch that must not spill registers or exceed its limit: the product's target GPU (RTX 4090).
 STRICT_ARCHS = (89,)
 

@@ -107,9 +107,10 @@ DEVICE = "cuda"  # where inputs are made (the harness's own CPU dry runs set "cp
 INPUT_BUDGET_BYTES = 8 << 30
 COMPILE_SCOPES = ("none", "seed-fp16", "seed-half", "seed", "all")
 FAMILIES = ("cublas", "fusedops", "eager", "cublaslt", "compile", "seed")
-TIMING = {  # per mode: warm-up calls, max timed calls, min timed calls, timed milliseconds per contender
-    "quick": dict(warmup=3, reps=40, min_reps=5, budget_ms=60.0),
-    "full": dict(warmup=5, reps=200, min_reps=10, budget_ms=200.0),
+TIMING = {  # per mode: warm-up calls, max timed calls, min timed calls, timed milliseconds per contender,
+    # untimed milliseconds of a contender's own calls right before each of its timed blocks (timing.time_cuda)
+    "quick": dict(warmup=3, reps=40, min_reps=5, budget_ms=60.0, settle_ms=30.0),
+    "full": dict(warmup=5, reps=200, min_reps=10, budget_ms=200.0, settle_ms=100.0),
 }
 # The contenders of a case are timed in this many interleaved rounds (the budget above is split among them).
 TIMING_ROUNDS = {"quick": 2, "full": 3}
@@ -778,8 +779,11 @@ def time_contenders(prepared, specs: Sequence[Spec], data: CaseData, timing_kw, 
             kw["budget_ms"] = kw["budget_ms"] / rounds
     pooled = [{label: [] for label, _ in callables} for _, callables in prepared]
     last = [{} for _ in prepared]
-    for _ in range(rounds):
-        for i, ((row, callables), spec) in enumerate(zip(prepared, specs)):
+    for r in range(rounds):
+        # each round starts one contender later, so no contender always follows the same one
+        order = [(r + j) % len(prepared) for j in range(len(prepared))]
+        for i in order:
+            (row, callables), spec = prepared[i], specs[i]
             if row["error"]:
                 continue
             try:
@@ -890,6 +894,8 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per contender")
     p.add_argument("--reps", type=int, default=None, help="most timed calls per contender")
     p.add_argument("--budget-ms", type=float, default=None, help="timed GPU milliseconds per contender (reps adapt)")
+    p.add_argument("--settle-ms", type=float, default=None, help="untimed GPU milliseconds of a contender's own "
+                   "calls before each timed block, so it is timed at the clock its own work sustains")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds per case (default: "
                    + ", ".join(f"{k} {v}" for k, v in TIMING_ROUNDS.items()) + ")")
     p.add_argument("--no-plot", action="store_true")
@@ -904,7 +910,7 @@ def main(argv=None) -> int:
     compile_scope = "none" if args.no_compile else (args.compile_scope or ("seed-fp16" if args.quick else "all"))
     timing_kw = dict(TIMING[mode])
     rounds = args.rounds if args.rounds is not None else TIMING_ROUNDS[mode]
-    for k in ("warmup", "reps", "budget_ms"):
+    for k in ("warmup", "reps", "budget_ms", "settle_ms"):
         if getattr(args, k) is not None:
             timing_kw[k] = getattr(args, k)
 

@@ -37,8 +37,8 @@ GROUPS = {
     "p41_half": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
-        ("tma 128x256x64 s3 subtile", tma(128, 256, 64, 8, 3, subtile=True)),
-        ("tma 128x256x64 s4 subtile", tma(128, 256, 64, 8, 4, subtile=True)),
+        ("tma 128x256x64 s3 2 slices", tma(128, 256, 64, 8, 3, slices=2)),
+        ("tma 128x256x64 s4 2 slices", tma(128, 256, 64, 8, 4, slices=2)),
         ("tma 256x128x64 s3", tma(256, 128, 64, 8, 3)),
         ("tma 128x128x64 w4 s2 (2 CTA/SM)", tma(128, 128, 64, 4, 2)),
         ("tma 128x128x32 w4 s4 (2 CTA/SM)", tma(128, 128, 32, 4, 4)),
@@ -49,9 +49,47 @@ GROUPS = {
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
     ]),
+    # two programs per SM, one warpgroup each: one's epilogue overlaps the other's main loop (session 3)
+    "p41_ctas": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("AOT op (torch.ops.fusedops)", AOT),
+        ("tma 128x128x64 w4 s3 2 slices 2/SM", tma(128, 128, 64, 4, 3, slices=2, ctas=2)),
+        ("tma 128x128x64 w4 s2 2/SM", tma(128, 128, 64, 4, 2, ctas=2)),
+        ("tma 128x128x32 w4 s5 2 slices 2/SM", tma(128, 128, 32, 4, 5, slices=2, ctas=2)),
+        ("tma 128x128x64 w4 s3 4 slices 2/SM", tma(128, 128, 64, 4, 3, slices=4, ctas=2)),
+        ("tma 64x256x64 w4 s2 2/SM", tma(64, 256, 64, 4, 2, ctas=2)),
+        ("tma 128x256x64 s4 4 slices", tma(128, 256, 64, 8, 4, slices=4)),
+    ]),
+    "p41_relu_ctas": ("linear_relu", 16384, 4096, 4096, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("tma 128x128x64 w4 s3 2 slices 2/SM", tma(128, 128, 64, 4, 3, slices=2, ctas=2)),
+        ("tma 128x128x64 w4 s2 2/SM", tma(128, 128, 64, 4, 2, ctas=2)),
+    ]),
+    "p76_tf32_slices": ("linear_relu", 1024, 8192, 8192, torch.float32, "tf32", [
+        ("tma 128x256x32 s3 2 slices (table)", tma(128, 256, 32, 8, 3, slices=2)),
+        ("AOT op (torch.ops.fusedops)", AOT),
+        ("tma 128x256x32 s4 4 slices", tma(128, 256, 32, 8, 4, slices=4)),
+        ("tma 128x256x32 s3 4 slices", tma(128, 256, 32, 8, 3, slices=4)),
+        ("tma 128x128x32 w4 s3 4 slices 2/SM", tma(128, 128, 32, 4, 3, slices=4, ctas=2)),
+    ]),
+    "p41_tf32_ctas": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "tf32", [
+        ("tma 256x128x32 s3 2 slices (table)", tma(256, 128, 32, 8, 3, slices=2)),
+        ("tma 128x256x32 s4 4 slices", tma(128, 256, 32, 8, 4, slices=4)),
+        ("tma 128x128x32 w4 s3 4 slices 2/SM", tma(128, 128, 32, 4, 3, slices=4, ctas=2)),
+    ]),
+    "p41_fp32_fp16_ctas": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "fp16", [
+        ("tma 128x256x32 s3, w16 (table)", tma(128, 256, 32, 8, 3, w16=True)),
+        ("tma 128x128x32 w4 s3 2 slices 2/SM, w16", tma(128, 128, 32, 4, 3, slices=2, w16=True, ctas=2)),
+        ("tma 128x128x64 w4 s2 4 slices 2/SM, w16", tma(128, 128, 64, 4, 2, slices=4, w16=True, ctas=2)),
+        ("tma 128x256x32 s4 4 slices, w16", tma(128, 256, 32, 8, 4, slices=4, w16=True)),
+    ]),
+    "p76_aot_vs_jit": ("linear_relu", 1024, 8192, 8192, torch.float32, "tf32", [
+        ("tma 128x256x32 s3 2 slices (table)", tma(128, 256, 32, 8, 3, slices=2)),
+        ("AOT op (torch.ops.fusedops)", AOT),
+    ]),
     "p41_bf16": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.bfloat16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("tma 128x256x64 s3 subtile", tma(128, 256, 64, 8, 3, subtile=True)),
+        ("tma 128x256x64 s3 2 slices", tma(128, 256, 64, 8, 3, slices=2)),
     ]),
     "p41_relu_half": ("linear_relu", 16384, 4096, 4096, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
@@ -61,10 +99,10 @@ GROUPS = {
         ("AOT op (torch.ops.fusedops)", AOT),
         ("tma 128x128x32 s4, w fp32", tma(128, 128, 32, 8, 4)),
         ("tma 128x256x32 s3, w16", tma(128, 256, 32, 8, 3, w16=True)),
-        ("tma 128x256x32 s4 subtile, w16", tma(128, 256, 32, 8, 4, subtile=True, w16=True)),
+        ("tma 128x256x32 s4 2 slices, w16", tma(128, 256, 32, 8, 4, slices=2, w16=True)),
         ("tma 128x128x64 s3, w16", tma(128, 128, 64, 8, 3, w16=True)),
         ("tma 128x128x32 s4, w16", tma(128, 128, 32, 8, 4, w16=True)),
-        ("tma 256x128x32 s3 subtile, w16", tma(256, 128, 32, 8, 3, subtile=True, w16=True)),
+        ("tma 256x128x32 s3 2 slices, w16", tma(256, 128, 32, 8, 3, slices=2, w16=True)),
         ("tiled 128x256x32 w8 s3, w16", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
         ("tiled 128x128x32 w8 s4, w16", cfg(128, 128, 32, 8, 4, WEIGHT_FP16=1)),
     ]),
@@ -72,22 +110,23 @@ GROUPS = {
         ("tma 128x128x32 s4 (table)", tma(128, 128, 32, 8, 4)),
         ("AOT op (torch.ops.fusedops)", AOT),
         ("tma 128x128x32 s5", tma(128, 128, 32, 8, 5)),
-        ("tma 128x256x32 s3 subtile", tma(128, 256, 32, 8, 3, subtile=True)),
+        ("tma 128x256x32 s3 2 slices", tma(128, 256, 32, 8, 3, slices=2)),
         ("tma 128x256x16 s4", tma(128, 256, 16, 8, 4)),
-        ("tma 256x128x32 s3 subtile", tma(256, 128, 32, 8, 3, subtile=True)),
-        ("tma 128x128x64 s3 subtile", tma(128, 128, 64, 8, 3, subtile=True)),
+        ("tma 256x128x32 s3 2 slices", tma(256, 128, 32, 8, 3, slices=2)),
+        ("tma 128x128x64 s3 2 slices", tma(128, 128, 64, 8, 3, slices=2)),
         ("tma 128x128x32 w4 s4", tma(128, 128, 32, 4, 4)),
-        ("tma 128x256x32 s3 subtile g4", tma(128, 256, 32, 8, 3, group=4, subtile=True)),
+        ("tma 128x256x32 s3 2 slices g4", tma(128, 256, 32, 8, 3, group=4, slices=2)),
     ]),
     "p41_tf32": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
-        ("tma 128x256x32 s3 subtile", tma(128, 256, 32, 8, 3, subtile=True)),
+        ("tma 128x256x32 s3 2 slices", tma(128, 256, 32, 8, 3, slices=2)),
     ]),
 }
 REFERENCES = {  # group -> what the issue compares against, timed the same two ways
     "p41_half": "mm", "p41_aot_vs_jit": "mm", "p41_bf16": "mm", "p41_relu_half": "mm", "p41_fp32_fp16": "mm16",
-    "p76_tf32": "lt_relu", "p41_tf32": "mm",
+    "p76_tf32": "lt_relu", "p41_tf32": "mm", "p41_ctas": "mm", "p41_relu_ctas": "mm", "p76_tf32_slices": "lt_relu",
+    "p41_tf32_ctas": "mm", "p41_fp32_fp16_ctas": "mm16", "p76_aot_vs_jit": "lt_relu",
 }
 
 
@@ -142,21 +181,30 @@ def interleaved(group, rounds, out):
     medians over the pooled calls, so a power-limit clock dip lands on all of them alike."""
     import statistics
     op, M, N, K, dtype, dot, candidates = GROUPS[group]
-    runners = []
+    runners, ref, errors = [], None, {}
     for label, config in candidates:
-        run, _, tensors = make_runner(op, M, N, K, dtype, dot, config)
-        run()
+        run, reference, tensors = make_runner(op, M, N, K, dtype, dot, config)
+        try:
+            y = run()
+            torch.cuda.synchronize()
+        except Exception as e:  # noqa: BLE001 - e.g. out of shared memory on this GPU: report, time the rest
+            print(f"{group:<14} {label:<36} ERROR {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
+            continue
+        if ref is None:  # every candidate gets the same seeded inputs: one fp64 reference serves them all
+            ref = reference()
+        errors[label] = ((y.double() - ref).norm() / ref.norm()).item()
         runners.append((label, run))
     runners.append((f"reference {REFERENCES[group]}", reference_runner(REFERENCES[group], *tensors)))
     pooled = {label: [] for label, _ in runners}
     for _ in range(rounds):
         for label, run in runners:
             pooled[label] += time_cuda(run, warmup=5, reps=60, budget_ms=150.0, min_reps=10).times_ms
-    rows = [dict(group=group, label=label, rounds=rounds, median_ms=statistics.median(t), calls=len(t))
-            for label, t in pooled.items()]
+    rows = [dict(group=group, label=label, rounds=rounds, median_ms=statistics.median(t), calls=len(t),
+                 rel_err=errors.get(label)) for label, t in pooled.items()]
     for r in rows:
-        print(f"{group:<14} {r['label']:<36} interleaved x{rounds}: {r['median_ms']:.4f} ms ({r['calls']} calls)",
-              flush=True)
+        err = "" if r["rel_err"] is None else f"  err {r['rel_err']:.1e}"
+        print(f"{group:<14} {r['label']:<36} interleaved x{rounds}: {r['median_ms']:.4f} ms ({r['calls']} calls)"
+              f"{err}", flush=True)
     (out / f"probe_{group}_interleaved.json").write_text(json.dumps(rows, indent=1))
 
 
@@ -167,15 +215,29 @@ def main():
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new candidates after this")
     parser.add_argument("--rounds", type=int, default=1, help="> 1: time each group's candidates interleaved, "
                         "back to back only")
+    parser.add_argument("--calls", type=int, default=0, help="> 0: only run each candidate this many times, untimed "
+                        "(for a profiler such as ncu to time the kernels themselves)")
     args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 references (mm, cuBLASLt) on TF32, as the TF32 targets
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.calls > 0:
+        for group in args.groups:
+            op, M, N, K, dtype, dot, candidates = GROUPS[group]
+            for label, config in candidates:
+                run = make_runner(op, M, N, K, dtype, dot, config)[0]
+                torch.cuda.nvtx.range_push(label)
+                for _ in range(args.calls):
+                    run()
+                torch.cuda.synchronize()
+                torch.cuda.nvtx.range_pop()
+                print(f"{group:<14} {label:<36} ran {args.calls} times", flush=True)
+        return
     if args.rounds > 1:
         for group in args.groups:
             interleaved(group, args.rounds, out)
         return
     start = time.time()
-    torch.backends.cuda.matmul.allow_tf32 = True  # the TF32 references (cuBLASLt) run TF32
     rows = []
     smi = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu",
                             "--format=csv,noheader", "-lms", "200"], stdout=open(out / "smi.csv", "w"),

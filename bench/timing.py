@@ -18,7 +18,13 @@ Method (time_cuda):
      pairs measure GPU execution (for a multi-kernel callable: its kernels plus the GPU-side gaps
      between them), not Python/dispatcher/launch latency. Set it False to measure what a caller who
      launches one call at a time would see when the GPU outruns the host.
-  5. rotate_inputs: call i uses rotate_inputs[i % len]; an item that is a tuple is splatted as
+  5. settle_ms: after the warm-up, about this much GPU time of untimed calls (at most SETTLE_MAX_CALLS)
+     runs right before the timed ones. Under a power limit the SM clock follows what ran in the last
+     tens of milliseconds; settling times each contender at the clock its own work sustains, not at
+     the clock the previous contender left behind. When the calls are GPU-bound, the settle calls also
+     keep the GPU busy while the host enqueues the first timed chunk, so that chunk needs no spin kernel
+     (an idle gap) before it; host-bound calls keep theirs.
+  6. rotate_inputs: call i uses rotate_inputs[i % len]; an item that is a tuple is splatted as
      positional arguments, a dict as keyword arguments, anything else passed as the one argument.
      Rotating among sets whose bytes exceed the L2 cache (see rotation_count) keeps repeated calls
      from reading inputs that the previous call left in L2.
@@ -31,6 +37,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 DEFAULT_L2_BYTES = 50 * 1024 * 1024  # H100 SXM
 _SLEEP_CYCLES_PER_MS = {}  # device index -> calibrated torch.cuda._sleep cycles per millisecond
+SETTLE_MAX_CALLS = 2000
 
 
 @dataclass
@@ -112,7 +119,7 @@ def sleep_cycles_per_ms() -> Optional[float]:
 
 def time_cuda(fn: Callable, *, warmup: int = 10, reps: int = 100, rotate_inputs: Optional[Sequence[Any]] = None,
               budget_ms: Optional[float] = None, min_reps: int = 5, hide_host_overhead: bool = True,
-              max_chunk_sleep_ms: float = 20.0) -> Timing:
+              max_chunk_sleep_ms: float = 20.0, settle_ms: float = 0.0) -> Timing:
     """Median GPU time of fn (see the module docstring for the method). Needs a CUDA device."""
     import torch
     calls = _calls(fn, rotate_inputs)
@@ -146,10 +153,20 @@ def time_cuda(fn: Callable, *, warmup: int = 10, reps: int = 100, rotate_inputs:
         chunk = reps
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    queued_ms = 0.0  # GPU work queued ahead of the first timed chunk by settling
+    if settle_ms > 0 and gpu_ms is not None:
+        settle_calls = min(math.ceil(settle_ms / max(gpu_ms, 1e-3)), SETTLE_MAX_CALLS)
+        for _ in range(settle_calls):
+            calls[idx % n]()
+            idx += 1
+        # Only GPU-bound calls build a queue: when the host is the slower side (small kernels), the GPU keeps
+        # up with the settle calls and the first chunk still needs its spin kernel.
+        gpu_bound = host_ms is not None and gpu_ms > 2 * host_ms
+        queued_ms = settle_calls * gpu_ms if gpu_bound else 0.0
     done = 0
     while done < reps:
         this = min(chunk, reps - done)
-        if hide:
+        if hide and not (done == 0 and queued_ms > 2 * this * per_call):
             torch.cuda._sleep(int(cycles_per_ms * (this * per_call + 0.05)))
         for j in range(done, done + this):
             starts[j].record()

@@ -48,45 +48,58 @@ def cfg(bm, bn, bk, warps, stages, group=8, kernel="tiled", **switches):
     return config if kernel == "tiled" else dict(config, KERNEL=kernel)
 
 
-def tma(*args, ws=False, subtile=False, w16=False, **kw):
+def tma(*args, ws=False, slices=1, w16=False, ctas=1, **kw):
+    """A persistent TMA-kernel config: ws warp-specialised, `slices` epilogue slices, w16 the weight rounded to
+    fp16 per call, `ctas` programs per SM."""
     config = cfg(*args, kernel="tma", **kw)
     if ws:
         config.update(FLATTEN=0, WARP_SPECIALIZE=1)
-    if subtile:
-        config.update(EPILOGUE_SUBTILE=1)
+    if slices != 1:
+        config.update(EPILOGUE_SLICES=slices)
     if w16:
         config.update(WEIGHT_FP16=1)
+    if ctas != 1:
+        config.update(CTAS_PER_SM=ctas)
     return config
 
 
+# SPLIT_K=n: n programs per output tile over slices of K, for shapes with fewer tiles than SMs
 SKINNY = [cfg(64, 64, 128, 4, 4), cfg(64, 32, 128, 4, 4), cfg(64, 32, 256, 4, 3), cfg(32, 32, 256, 4, 3),
-          cfg(16, 64, 256, 4, 3)]
+          cfg(16, 64, 256, 4, 3), cfg(16, 64, 256, 4, 3, SPLIT_K=2), cfg(16, 64, 128, 4, 4, SPLIT_K=4),
+          cfg(32, 32, 128, 4, 4, SPLIT_K=4)]
 # 128x128 with one warpgroup and <= 96 KB shared memory fits two CTAs per SM, so one CTA's epilogue
 # (erf over its whole tile) overlaps the other's main loop; the big tiles win on the main loop alone.
 HALF_BIG = [cfg(128, 256, 64, 8, 3), cfg(128, 128, 64, 8, 4), cfg(128, 128, 64, 4, 3), cfg(256, 128, 64, 8, 3),
             cfg(64, 256, 64, 4, 4), cfg(128, 256, 64, 8, 4), cfg(128, 128, 64, 4, 4),
             tma(128, 256, 64, 8, 3), tma(128, 128, 64, 8, 4), tma(128, 256, 64, 8, 4), tma(128, 128, 64, 4, 3),
-            tma(128, 256, 64, 8, 3, ws=True), tma(128, 128, 64, 8, 4, ws=True)]
+            tma(128, 256, 64, 8, 3, ws=True), tma(128, 128, 64, 8, 4, ws=True),
+            tma(128, 128, 64, 4, 3, slices=4, ctas=2)]
 FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 8, 3), cfg(64, 256, 32, 4, 4),
             cfg(256, 128, 32, 8, 3), cfg(128, 128, 32, 4, 3), cfg(128, 128, 32, 4, 4),
             tma(128, 128, 32, 8, 3), tma(128, 128, 32, 8, 4), tma(128, 128, 64, 8, 2),
             # a 128x256 fp32 output tile needs the split store to fit its staging buffer beside 3 stages
-            tma(128, 256, 32, 8, 3, subtile=True), tma(256, 128, 32, 8, 3, subtile=True)]
+            tma(128, 256, 32, 8, 3, slices=2), tma(256, 128, 32, 8, 3, slices=2)]
 # fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only
-FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32, 8, 4, subtile=True, w16=True),
+FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32, 8, 4, slices=2, w16=True),
                             tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)]
-SKINNY_FP32 = [cfg(64, 64, 64, 4, 4), cfg(64, 32, 128, 4, 3), cfg(64, 32, 64, 4, 4), cfg(32, 32, 128, 4, 3)]
+SKINNY_FP32 = [cfg(64, 64, 64, 4, 4), cfg(64, 32, 128, 4, 3), cfg(64, 32, 64, 4, 4), cfg(32, 32, 128, 4, 3),
+               cfg(32, 32, 128, 4, 3, SPLIT_K=2), cfg(32, 32, 64, 4, 4, SPLIT_K=4), cfg(16, 64, 64, 4, 4, SPLIT_K=4)]
 # more, smaller tiles for the few-tile buckets
 HALF_NARROW = [cfg(64, 64, 64, 4, 4), cfg(64, 64, 128, 4, 3), cfg(32, 64, 128, 4, 4), cfg(64, 32, 128, 4, 4),
-               cfg(128, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4)]
+               cfg(128, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 4, SPLIT_K=4),
+               cfg(64, 64, 128, 4, 3, SPLIT_K=2), cfg(128, 64, 64, 4, 4, SPLIT_K=4), cfg(128, 128, 64, 4, 4, SPLIT_K=4)]
 HALF_MID = [cfg(128, 128, 64, 4, 4), cfg(128, 128, 64, 8, 4), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 4),
-            cfg(64, 256, 64, 4, 4), cfg(128, 64, 64, 4, 4)]
+            cfg(64, 256, 64, 4, 4), cfg(128, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4, SPLIT_K=2),
+            cfg(128, 128, 64, 4, 4, SPLIT_K=2), cfg(128, 128, 64, 8, 4, SPLIT_K=3)]
 FP32_NARROW = [cfg(64, 64, 32, 4, 4), cfg(64, 64, 64, 4, 3), cfg(32, 64, 64, 4, 4), cfg(64, 32, 64, 4, 4),
-               cfg(128, 64, 32, 4, 4)]
+               cfg(128, 64, 32, 4, 4), cfg(64, 64, 32, 4, 4, SPLIT_K=4), cfg(64, 64, 64, 4, 3, SPLIT_K=2),
+               cfg(128, 64, 32, 4, 4, SPLIT_K=4)]
 FP32_MID = [cfg(128, 128, 32, 4, 4), cfg(128, 128, 32, 8, 4), cfg(64, 128, 32, 4, 4), cfg(64, 64, 32, 4, 4),
-            cfg(64, 64, 64, 4, 3)]
+            cfg(64, 64, 64, 4, 3), cfg(64, 128, 32, 4, 4, SPLIT_K=2), cfg(128, 128, 32, 4, 4, SPLIT_K=2),
+            cfg(128, 128, 32, 8, 4, SPLIT_K=3)]
 # fp32 'ieee' runs on the FMA units (no tensor cores): register tiles of 16..128 accumulators per thread
-IEEE_SKINNY = [cfg(64, 64, 32, 4, 3), cfg(16, 64, 128, 4, 3), cfg(32, 64, 64, 4, 3), cfg(16, 128, 64, 4, 3)]
+IEEE_SKINNY = [cfg(64, 64, 32, 4, 3), cfg(16, 64, 128, 4, 3), cfg(32, 64, 64, 4, 3), cfg(16, 128, 64, 4, 3),
+               cfg(16, 64, 128, 4, 3, SPLIT_K=4), cfg(16, 64, 64, 4, 3, SPLIT_K=8), cfg(32, 64, 64, 4, 3, SPLIT_K=4)]
 IEEE_NARROW = [cfg(64, 64, 32, 4, 3), cfg(32, 64, 32, 4, 3), cfg(64, 32, 32, 4, 3)]
 IEEE_BIG = [cfg(64, 64, 32, 4, 3), cfg(128, 128, 32, 8, 3), cfg(128, 128, 16, 8, 3), cfg(128, 64, 32, 4, 3),
             cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2)]
@@ -111,23 +124,34 @@ def jit_runner(op, dot, config, x, w, y, vectors):
     kind = config.get("KERNEL", "tiled")
     kernel = spec.KERNELS[kind]
     meta = dict({k: config[k] for k in spec.CONFIG_KEYS}, EPILOGUE=spec.OPS[op], DOT=dot,
-                **{k: bool(config.get(k, default)) for k, default in kernel["knobs"].items()})
+                **{k: spec.knob_constexpr(k, config.get(k, default)) for k, default in kernel["knobs"].items()})
     weight_fp16 = bool(config.get("WEIGHT_FP16", spec.LAUNCHER_KNOBS["WEIGHT_FP16"]))
     tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
     if kernel["persistent"]:
         # device-side TMA descriptors live in global scratch that the launcher provides
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-        grid = (min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count),)
+        # (the AOT launcher also caps this at the driver's occupancy answer, and the AOT build rejects a
+        # CTAS_PER_SM that does not fit one SM; here a config that does not fit just times slow)
+        ctas_per_sm = int(config.get("CTAS_PER_SM", spec.LAUNCHER_KNOBS["CTAS_PER_SM"]))
+        grid = (min(tiles, ctas_per_sm * torch.cuda.get_device_properties(x.device).multi_processor_count),)
+
+    split_k = int(config.get("SPLIT_K", 1))
+    # the workspace arguments of a kernel without split-K
+    unused = (torch.empty(1, device=x.device, dtype=torch.float32), torch.empty(1, device=x.device, dtype=torch.int32))
 
     def run():
         wk = w.to(torch.float16) if weight_fp16 else w
         if kind == "tma":
             fused_linear.fused_linear_tma_kernel[grid](x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0),
                                                        y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta)
-        else:
-            fused_linear.fused_linear_kernel[(tiles,)](x, wk, y, *vectors, M, N, K, x.stride(0), x.stride(1),
-                                                       wk.stride(0), wk.stride(1), y.stride(0), y.stride(1), 1, 1, 1,
-                                                       1e-5, **meta)
+        else:  # split-K: a partial-sum workspace and zeroed per-tile counters each call, as the AOT launcher
+            partials, counters = unused
+            if split_k > 1:
+                partials = torch.empty(split_k * M * N, device=x.device, dtype=torch.float32)
+                counters = torch.zeros(tiles, device=x.device, dtype=torch.int32)
+            fused_linear.fused_linear_kernel[(tiles * split_k,)](
+                x, wk, y, *vectors, M, N, K, x.stride(0), x.stride(1), wk.stride(0), wk.stride(1), y.stride(0),
+                y.stride(1), 1, 1, 1, 1e-5, partials, counters, **meta)
         return y
     return run
 

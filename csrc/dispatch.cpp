@@ -69,10 +69,15 @@ const Variant& select_variant(int arch, Op op, Precision precision, Layout layou
               precision_name(precision), ", layout ", layout_name(layout), " on sm_", arch);
 }
 
+struct LoadedKernel {
+  CUfunction fn;
+  int blocks_per_sm;  // how many of its blocks one SM holds at once (the driver's occupancy answer)
+};
+
 // Loads a variant's module into the device's primary context once; later calls hit the cache.
-CUfunction load_function(int device, int variant_index, bool from_ptx) {
+LoadedKernel load_function(int device, int variant_index, bool from_ptx) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, int, bool>, CUfunction> cache;
+  static std::map<std::tuple<int, int, bool>, LoadedKernel> cache;
   std::lock_guard<std::mutex> lock(mutex);
   auto key = std::make_tuple(device, variant_index, from_ptx);
   auto it = cache.find(key);
@@ -102,8 +107,12 @@ CUfunction load_function(int device, int variant_index, bool from_ptx) {
     check_driver(d.cuFuncSetAttribute(fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, v.shared_bytes),
                  "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)");
   }
-  cache.emplace(key, fn);
-  return fn;
+  int blocks_per_sm = 0;
+  check_driver(d.cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, fn, v.num_warps * 32, v.shared_bytes),
+               "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+  TORCH_CHECK(blocks_per_sm > 0, "fusedops: kernel ", v.name, " cannot run on cuda:", device,
+              " (the driver reports room for no block of it on one SM)");
+  return cache.emplace(key, LoadedKernel{fn, blocks_per_sm}).first->second;
 }
 
 thread_local std::string last_launch_description;
@@ -156,7 +165,13 @@ void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, Op op, P
   const int64_t tiles = ((args.M + v.block_m - 1) / v.block_m) * ((args.N + v.block_n - 1) / v.block_n);
   TORCH_CHECK(tiles <= INT32_MAX, "fusedops: output of ", args.M, " x ", args.N, " needs ", tiles,
               " tiles, more than one launch can hold");
-  const int64_t grid = v.persistent ? std::min<int64_t>(tiles, info.sm_count) : tiles;
+  const LoadedKernel kernel = load_function(device, static_cast<int>(&v - kVariants), from_ptx);
+  // Launch only as many persistent programs as stay resident: more would wait for the first ones to finish.
+  const int64_t grid =
+      v.persistent ? std::min<int64_t>(tiles, int64_t{info.sm_count} * std::min(v.ctas_per_sm, kernel.blocks_per_sm))
+                   : tiles * v.split_k;
+  TORCH_CHECK(grid <= INT32_MAX, "fusedops: output of ", args.M, " x ", args.N, " needs ", grid,
+              " programs, more than one launch can hold");
   args.num_sms = static_cast<int32_t>(grid);
   at::Tensor weight_fp16;  // like scratch below: freed after the launch, reuse ordered on this stream
   if (v.weight_fp16) {     // one rounding pass over W so that the kernel converts only x's tiles
@@ -165,16 +180,23 @@ void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, Op op, P
     args.stride_wn = weight_fp16.stride(0);
     args.stride_wk = 1;
   }
+  at::Tensor partials, tile_counters;  // split-K: each program's partial sum, and arrivals per tile
+  if (v.split_k > 1) {
+    partials = at::empty({int64_t{v.split_k} * args.M * args.N}, x.options().dtype(at::kFloat));
+    tile_counters = at::zeros({tiles}, x.options().dtype(at::kInt));
+    args.partials_ptr = reinterpret_cast<CUdeviceptr>(partials.data_ptr());
+    args.tile_counters_ptr = reinterpret_cast<CUdeviceptr>(tile_counters.data_ptr());
+  }
   at::Tensor scratch;  // freed after the launch: the caching allocator orders reuse on this stream
   if (v.scratch_bytes > 0) {
     scratch = at::empty({grid * v.scratch_bytes + v.scratch_align}, x.options().dtype(at::kByte));
     const CUdeviceptr base = reinterpret_cast<CUdeviceptr>(scratch.data_ptr());
     args.global_scratch = (base + v.scratch_align - 1) / v.scratch_align * v.scratch_align;
   }
-  CUfunction fn = load_function(device, static_cast<int>(&v - kVariants), from_ptx);
   CUstream stream = c10::cuda::getCurrentCUDAStream(device).stream();
-  check_driver(v.launch(driver(), fn, stream, static_cast<unsigned>(grid), args), v.name);
-  last_launch_description = std::string(v.name) + (from_ptx ? " (ptx)" : " (cubin)");
+  check_driver(v.launch(driver(), kernel.fn, stream, static_cast<unsigned>(grid), args), v.name);
+  last_launch_description =
+      std::string(v.name) + (from_ptx ? " (ptx, grid " : " (cubin, grid ") + std::to_string(grid) + ")";
 }
 
 }  // namespace fusedops

@@ -33,6 +33,7 @@ DriverApi load_driver() {
   FUSEDOPS_RESOLVE(cuModuleGetFunction);
   FUSEDOPS_RESOLVE(cuFuncSetAttribute);
   FUSEDOPS_RESOLVE(cuLaunchKernel);
+  FUSEDOPS_RESOLVE(cuOccupancyMaxActiveBlocksPerMultiprocessor);
 #undef FUSEDOPS_RESOLVE
   return api;
 }

@@ -18,6 +18,8 @@ struct LaunchArgs {
   int32_t has_bias, has_gamma, has_beta;
   float eps;
   int32_t num_sms;             // persistent kernels: programs launched
+  CUdeviceptr partials_ptr;    // split-K kernels: fp32 [split_k, M, N] workspace
+  CUdeviceptr tile_counters_ptr;  // split-K kernels: int32 [tiles], zeroed
   CUdeviceptr global_scratch;  // kernels with scratch_bytes > 0: grid * scratch_bytes, aligned
 };
 
@@ -30,8 +32,10 @@ struct Variant {
   Precision precision;
   Layout layout;
   int block_m, block_n, block_k, group_m, num_warps, num_stages;
-  bool persistent;        // grid = min(tiles, SMs); programs loop over tiles
+  bool persistent;        // grid = min(tiles, ctas_per_sm x SMs); programs loop over tiles
   bool weight_fp16;       // the launcher passes the weight rounded to fp16 (aot/spec.py LAUNCHER_KNOBS)
+  int ctas_per_sm;        // persistent kernels: programs per SM (aot/spec.py LAUNCHER_KNOBS)
+  int split_k;            // programs per output tile, each over a slice of K (grid = tiles x split_k)
   unsigned shared_bytes;  // dynamic shared memory per block
   unsigned scratch_bytes, scratch_align;  // global scratch per program (TMA descriptors built on device)
   const char* entry;      // kernel symbol inside the module

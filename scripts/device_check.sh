@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build in place (no network), then the steps named as arguments.
-#   bash scripts/device_check.sh build gpu gpu89 demo tune bench-quick bench-seed bench-sweep bench
+#   bash scripts/device_check.sh build gpu gpu89 demo tune probe ncu bench-quick bench-seed bench-sweep bench
+# PROBE_ARGS / NCU_PROBE_ARGS: arguments for bench.probe (e.g. --groups p41_ctas --rounds 3).
 # bench-seed + bench-sweep together are the full benchmark split in two (the seed problems with every
 # contender and torch.compile for fp16/bf16; the sweep against the cuBLAS floor with a shorter budget).
 # BENCH_LIMIT_S caps each bench step (SIGINT: the bench still prints and saves what it timed).
@@ -11,6 +12,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 step() { echo "=== $1 ($(date +%T))"; }
 status=0
+NCU_METRICS=gpu__time_duration.sum,sm__cycles_elapsed.avg,launch__grid_size,launch__registers_per_thread,\
+launch__occupancy_limit_shared_mem,launch__occupancy_limit_registers,sm__warps_active.avg.pct_of_peak_sustained_active,\
+sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
 for s in "$@"; do
   case $s in
     build)
@@ -42,8 +46,15 @@ for s in "$@"; do
         2>&1 | tee "$OUT/bench_seed.log" | tail -60 ;;
     bench-sweep)
       step bench-sweep; timeout -s INT ${BENCH_LIMIT_S:-3000} python3 -m bench.bench --no-seed-problems --no-compile \
-        --families cublas fusedops cublaslt --budget-ms 40 --rounds 2 --out "$OUT" --no-progress 2>&1 \
+        --families cublas fusedops cublaslt --budget-ms 40 --settle-ms 30 --rounds 2 --out "$OUT" --no-progress 2>&1 \
         | tee "$OUT/bench_sweep.log" | tail -40 ;;
+    probe)
+      step probe; python3 -m bench.probe ${PROBE_ARGS:-} --out "$OUT" 2>&1 | tee "$OUT/probe.log" | tail -80 ;;
+    ncu)
+      # kernel time at locked (base) clocks, so two launch paths of one kernel compare without power-limit noise
+      step ncu; ncu --kernel-name regex:fused_linear --csv --print-units base --metrics "$NCU_METRICS" \
+        python3 -m bench.probe --calls 3 ${NCU_PROBE_ARGS:-} > "$OUT/ncu.csv" 2> "$OUT/ncu.err" || tail -5 "$OUT/ncu.err"
+      python3 scripts/ncu_table.py "$OUT/ncu.csv" ;;
     bench)
       step bench; python3 -m bench.bench --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -90 ;;
     *) echo "unknown step $s"; exit 2 ;;

@@ -164,7 +164,8 @@ def test_cli_parses():
 
 
 def test_time_contenders_interleaves_rounds_and_pools(monkeypatch):
-    """Rounds go A B A B (not A A B B); each row's median is over the calls of all its rounds; budgets split."""
+    """Rounds interleave (A B, then B A: each round starts one contender later, never A A B B); each row's median
+    is over the calls of all its rounds; budgets split."""
     order, budgets = [], []
 
     def fake_time_cuda(fn, rotate_inputs=None, **kw):
@@ -188,7 +189,7 @@ def test_time_contenders_interleaves_rounds_and_pools(monkeypatch):
     rows = [dict(error=None, family=s.family) for s in specs]
     prepared = [(rows[0], [("", lambda: "a")]), (rows[1], [("mm", lambda: "b1"), ("addmm", lambda: "b2")])]
     B.time_contenders(prepared, specs, Data(), dict(warmup=1, reps=10, min_reps=2, budget_ms=100.0), rounds=2)
-    assert order == ["a", "b1", "b2", "a", "b1", "b2"]
+    assert order == ["a", "b1", "b2", "b1", "b2", "a"]
     assert budgets == [50.0] * 6
     assert rows[0]["median_ms"] == 2.75 and rows[0]["timing"]["reps"] == 6 and rows[0]["timing"]["rounds"] == 2
     assert rows[1]["median_ms"] == 1.5 and rows[1]["note"].startswith("mm ")  # mm beats addmm over both rounds
@@ -233,3 +234,83 @@ def test_compile_rows_keep_separate_dynamo_caches():
             torch.testing.assert_close(f(x, w, bias), comp(x, w, bias))
     assert len(compiles) == 2
     assert B.with_own_code(comp, "ieee").__code__ is not comp.__code__
+
+
+class FakeCuda:
+    """Just enough of torch.cuda for time_cuda's control flow on a machine without a GPU: a log of what was
+    queued, and a synchronize that can stand in for a slow GPU."""
+
+    def __init__(self, sync_s):
+        self.log, self.sync_s = [], sync_s
+        log = self.log
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                pass
+
+            def record(self):
+                log.append("event")
+
+            def elapsed_time(self, other):
+                return 1.0
+
+        self.Event = Event
+
+    def synchronize(self):
+        import time
+        time.sleep(self.sync_s)
+
+    def _sleep(self, cycles):
+        self.log.append("spin")
+
+
+@pytest.mark.parametrize("gpu_bound", [False, True])
+@pytest.mark.parametrize("settle_ms", [0.0, 200.0])
+def test_time_cuda_settles_and_keeps_the_spin_kernel_where_the_host_is_slower(monkeypatch, gpu_bound, settle_ms):
+    """Settle calls run untimed before the timed ones; the spin kernel before the first timed chunk is dropped
+    only when the settle calls queued GPU work ahead (GPU-bound calls); host-bound calls always keep it."""
+    torch = pytest.importorskip("torch")
+    import time
+    # GPU-bound: instant enqueues, and the warm-up's synchronize waits 100 ms (20 ms of "GPU" per call);
+    # host-bound: each enqueue takes 5 ms and the synchronize returns at once
+    fake = FakeCuda(sync_s=0.1 if gpu_bound else 0.0)
+    call_s = 0.0 if gpu_bound else 0.005
+
+    def call():
+        fake.log.append("call")
+        time.sleep(call_s)
+
+    for name in ("Event", "synchronize", "_sleep"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name), raising=False)
+    monkeypatch.setattr(T, "sleep_cycles_per_ms", lambda: 1000.0)
+    t = T.time_cuda(call, warmup=5, reps=4, settle_ms=settle_ms)
+    assert t.reps == 4 and t.median_ms == 1.0
+    before = fake.log[:fake.log.index("event")]  # up to the first timed call
+    settle_calls = before.count("call") - 6  # minus the first call and the warm-up
+    if settle_ms:  # 200 ms over ~20 ms (GPU-bound) or ~5 ms (host-bound) per call
+        assert settle_calls == 10 if gpu_bound else 30 <= settle_calls <= 40
+    else:
+        assert settle_calls == 0
+    assert ("spin" in before) == (not (settle_ms and gpu_bound))  # dropped only behind a queue of GPU work
+
+
+def test_sweep_targets_count_misses_and_later_files_replace_points(tmp_path):
+    """bench.targets: M >= 256 misses above 1.25x the floor's time, M <= 64 above 1.5x, M in between has no
+    target; a point measured again in a later file replaces the earlier measurement."""
+    from bench import targets
+
+    def row(m, x_floor):
+        return dict(problem=None, op="linear_relu", dtype="fp16", precision="fp16", M=m, N=4096, K=4096,
+                    contender="fusedops", family="fusedops", x_floor=x_floor, median_ms=x_floor, floor_ms=1.0)
+
+    first = [row(16, 1.49), row(64, 1.6), row(128, 3.0), row(256, 1.24), row(1024, 1.3)]
+    assert [len(v[1]) for v in targets.misses(first).values()] == [2] and targets.misses(first)[
+        ("linear_relu", "fp16", "fp16")][0] == 4
+    (tmp_path / "a.json").write_text(json.dumps({"results": first}))
+    (tmp_path / "b.json").write_text(json.dumps({"results": [row(1024, 1.1)]}))
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        targets.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert "1 of 4 points miss" in out.getvalue() and "M    64" in out.getvalue()

@@ -114,6 +114,13 @@ def test_every_size_bucket_runs_its_table_variant(op, dtype, precision, name):
         check(op, p, dtype, precision)
         want = expected_variant(op, name, "aligned", m, n, k)
         assert torch.ops.fusedops._last_launch().startswith(want["name"] + " "), (m, want["name"])
+        c = want["config"]
+        tiles = -(-m // c["BLOCK_M"]) * -(-n // c["BLOCK_N"])
+        if want["kernel"] == "tma":  # persistent: at most CTAS_PER_SM programs per SM, never more than tiles
+            sms = torch.cuda.get_device_properties(0).multi_processor_count
+            assert min(tiles, sms) <= launched_grid() <= min(tiles, sms * c["CTAS_PER_SM"]), launched_grid()
+        else:
+            assert launched_grid() == tiles * c.get("SPLIT_K", 1)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -123,10 +130,50 @@ def test_dispatch_follows_forced_arch_and_uses_the_right_binary(op):
     launched = torch.ops.fusedops._last_launch()
     major, minor = torch.cuda.get_device_capability()
     if FORCED_ARCH:
-        assert f"__sm{FORCED_ARCH}__" in launched and launched.endswith("(ptx)"), launched
+        assert f"__sm{FORCED_ARCH}__" in launched and "(ptx, grid " in launched, launched
     else:
         arch = torch.ops.fusedops._arch_for_capability(major * 10 + minor)
-        assert f"__sm{arch}__" in launched and launched.endswith("(cubin)"), launched
+        assert f"__sm{arch}__" in launched and "(cubin, grid " in launched, launched
+
+
+def launched_grid():
+    return int(torch.ops.fusedops._last_launch().rsplit("grid ", 1)[1].rstrip(")"))
+
+
+SPLIT_K_PRECISIONS = {"fp16": (torch.float16, None), "bf16": (torch.bfloat16, None), "fp32_tf32": (torch.float32, "tf32"),
+                      "fp32_fp16": (torch.float32, "fp16"), "fp32_ieee": (torch.float32, "ieee")}
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_split_k_variants_are_right_and_deterministic(op):
+    """Every split-K variant the tables route to on this GPU: a K that splits unevenly and one shorter than the
+    splits (empty slices), each against fp64, the grid (tiles x SPLIT_K), and bit-identical repeats (the
+    partial sums are added in split order whoever arrives last)."""
+    manifest = fusedops.build_info()["manifest"]
+    major, minor = torch.cuda.get_device_capability()
+    arch = torch.ops.fusedops._arch_for_capability(major * 10 + minor)
+    ran = 0
+    for rule in manifest["rules"]:
+        v = manifest["variants"][rule["variant"]]
+        if (rule["arch"], rule["op"], rule["layout"]) != (arch, op, "aligned") or v["config"].get("SPLIT_K", 1) == 1:
+            continue
+        dtype, precision = SPLIT_K_PRECISIONS[rule["precision"]]
+        m = min(rule["max_m"], 300) if rule["max_m"] > 0 else 300
+        n = min(rule["max_n"], 272) if rule["max_n"] > 0 else 272
+        for k in (1040, 48):
+            if expected_variant(op, rule["precision"], "aligned", m, n, k)["name"] != v["name"]:
+                continue  # an earlier rule takes this shape
+            p = make_problem((m,), n, k, dtype, device="cuda", seed=k)
+            out = check(op, p, dtype, precision)
+            assert torch.ops.fusedops._last_launch().startswith(v["name"] + " "), v["name"]
+            c = v["config"]
+            assert launched_grid() == -(-m // c["BLOCK_M"]) * -(-n // c["BLOCK_N"]) * c["SPLIT_K"]
+            kw = {} if precision is None else {"precision": precision}
+            for _ in range(3):
+                assert torch.equal(run_fused(op, p, **kw), out), "split-K result changed between identical calls"
+            ran += 1
+    if not ran:
+        pytest.skip(f"the sm_{arch} tables route no {op} shape to a split-K variant")
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -81,3 +81,49 @@ def test_sm89_build_gate_rejects_spills(monkeypatch):
     big = dict(bad, spills=False, shared_bytes=120 * 1024)
     with pytest.raises(SystemExit, match="allows 101376"):
         build.check_limits([big])
+
+
+def test_knob_values_are_checked_and_named(monkeypatch):
+    """A tuning-table knob outside its values, or on a kernel it does not apply to, fails the plan with the reason;
+    a count knob is named by its value in the variant tag (e.g. _split_k2), a 0/1 switch by its name."""
+    import json
+
+    from aot import build
+    source, original = build.load_tuning_table(90)
+    tables = {}
+
+    def table_with(config_update, kernel="tiled"):
+        table = json.loads(json.dumps(original))
+        rule = table["rules"]["fp32_tf32"][0]
+        rule["config"] = dict({k: rule["config"][k] for k in spec.CONFIG_KEYS}, **config_update)
+        if kernel != "tiled":
+            rule["config"]["KERNEL"] = kernel
+        tables[90] = (source, table)
+        return rule
+
+    monkeypatch.setattr(build, "load_tuning_table", lambda arch: tables[90])
+    table_with({"SPLIT_K": 2})
+    variants, _ = build.plan_variants([90])
+    assert any(v["name"].endswith("_split_k2") and v["config"]["SPLIT_K"] == 2 for v in variants)
+    table_with({"SPLIT_K": 5})
+    with pytest.raises(SystemExit, match="SPLIT_K must be one of"):
+        build.plan_variants([90])
+    table_with({"CTAS_PER_SM": 2})
+    with pytest.raises(SystemExit, match="CTAS_PER_SM applies only to persistent kernels"):
+        build.plan_variants([90])
+    table_with({"CTAS_PER_SM": 2, "EPILOGUE_SLICES": 4}, kernel="tma")
+    variants, _ = build.plan_variants([90])
+    assert any(v["name"].endswith("_epilogue_slices4_ctas_per_sm2") for v in variants)
+
+
+def test_two_programs_per_sm_must_fit_one_sm():
+    """CTAS_PER_SM = 2 fails the build when two blocks' shared memory or registers exceed one SM's."""
+    from aot import build
+    tma = next(v for v in MANIFEST["variants"] if v["kernel"] == "tma")
+    two = dict(tma, config=dict(tma["config"], CTAS_PER_SM=2), spills=False, static_shared_bytes=1024,
+               shared_bytes=110 * 1024, registers=200, num_warps=4)
+    build.check_limits([two])  # 2 x (110 KB + 2 KB) and 2 x 200 x 128 registers fit an H100 SM
+    with pytest.raises(SystemExit, match="CTAS_PER_SM=2 needs"):
+        build.check_limits([dict(two, shared_bytes=114 * 1024)])
+    with pytest.raises(SystemExit, match="CTAS_PER_SM=2 needs"):
+        build.check_limits([dict(two, num_warps=8)])
