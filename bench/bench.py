@@ -103,7 +103,8 @@ TOLERANCE = {"ieee": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "bf16": 1e-2}
 SEED_FILES = {"linear_bn_gelu_relu": ("000_", "fused_linear_bn_gelu_relu"),
               "linear_relu": ("001_", "fused_linear_relu")}
 EPS = 1e-5
-DEVICE = "cuda"  # where inputs are made (the harness's own CPU dry runs set "cpu")
+VECTORS = ("b", "mean", "var", "gamma", "beta")  # the epilogue vectors, in the composite's argument order
+SEED_TARGET = 1.10  # the issue's bound for fp16/bf16 fusedops at the seed problems: time / cuBLAS floor
 INPUT_BUDGET_BYTES = 8 << 30
 COMPILE_SCOPES = ("none", "seed-fp16", "seed-half", "seed", "all")
 FAMILIES = ("cublas", "fusedops", "eager", "cublaslt", "compile", "seed")
@@ -167,11 +168,16 @@ def load_seed_module(path, module_name: Optional[str] = None) -> types.ModuleTyp
     return mod
 
 
+def seed_entry(label: Optional[str], error: Optional[str] = None) -> dict:
+    """A seed op's entry before (or instead of) loading its document."""
+    return dict(module=None, wrapper=None, file=None, sha256=None, error=error, label=label)
+
+
 def load_seeds(seed_dir: Optional[Path]) -> Dict[str, dict]:
     """op -> {module, wrapper, file, sha256, error}; module None (and error set) where it could not be loaded."""
     out = {}
     for op, (prefix, wrapper) in SEED_FILES.items():
-        entry = dict(module=None, wrapper=None, file=None, sha256=None, error=None, label="seed " + prefix[:-1])
+        entry = seed_entry(label="seed " + prefix[:-1])
         if seed_dir is None:
             entry["error"] = "seed directory not found"
         else:
@@ -374,7 +380,7 @@ def _eager_for(results: Sequence[dict], r: dict) -> Optional[dict]:
     return None
 
 
-def seed_summary_table(results: Sequence[dict], target: float = 1.10) -> str:
+def seed_summary_table(results: Sequence[dict], target: float = SEED_TARGET) -> str:
     """Rows of the seed problems only, with speed-up over eager at the same precision and, for fusedops with fp16 or
     bf16 inputs, whether it meets the target (time within `target` x the floor)."""
     headers = ["problem", "dtype", "contender", "ms", "TFLOP/s", "x floor", "vs eager", "check", "target"]
@@ -587,24 +593,23 @@ def composite(op):
 class CaseData:
     """Input sets and epilogue vectors of one case, on the GPU."""
 
-    def __init__(self, case: Case, n_sets_max: int = 32):
+    def __init__(self, case: Case):
         import torch
         from bench.timing import l2_bytes, rotation_count
-        dev = torch.device(DEVICE)
+        dev = torch.device("cuda")
         dt = _torch_dtype(case.dtype)
         g = torch.Generator(device=dev)
         g.manual_seed(zlib.crc32(f"{case.op} {case.M} {case.N} {case.K}".encode()))
         M, N, K = case.M, case.N, case.K
         elt = torch.empty((), dtype=dt).element_size()
         per_set = (M * K + N * K) * elt
-        n_sets = rotation_count(per_set, l2=l2_bytes(), max_sets=n_sets_max, budget_bytes=INPUT_BUDGET_BYTES)
+        n_sets = rotation_count(per_set, l2=l2_bytes(), budget_bytes=INPUT_BUDGET_BYTES)
         wscale = K ** -0.5
         self.native = []
         for _ in range(n_sets):
             x = torch.randn(M, K, device=dev, generator=g, dtype=torch.float32).to(dt)
             w = (torch.randn(N, K, device=dev, generator=g, dtype=torch.float32) * wscale).to(dt)
             self.native.append((x, w))
-        self.n_sets = n_sets
         self.vec32 = dict(
             b=torch.randn(N, device=dev, generator=g) * 0.1,
             mean=torch.randn(N, device=dev, generator=g) * 0.1,
@@ -632,7 +637,7 @@ class CaseData:
         x, w = self.native[0]
         v = self.vec32
         with matmul_precision("ieee"), torch.no_grad():
-            return composite(op)(x.float(), w.float(), v["b"], v["mean"], v["var"], v["gamma"], v["beta"])
+            return composite(op)(x.float(), w.float(), *(v[k] for k in VECTORS))
 
 
 def with_own_code(fn, tag: str):
@@ -664,16 +669,16 @@ def make_callables(spec: Spec, case: Case, data: CaseData, seeds: Dict[str, dict
             raise RuntimeError(state["fusedops_error"])
         import fusedops
         kw = {"precision": p} if case.dtype == "fp32" else {}
-        b, mean, var, gamma, beta = (v32[k] for k in ("b", "mean", "var", "gamma", "beta"))
+        b, mean, var, gamma, beta = (v32[k] for k in VECTORS)
         if relu:
             return [("", lambda x, w: fusedops.linear_relu(x, w, b, **kw))]
         return [("", lambda x, w: fusedops.linear_bn_gelu_relu(x, w, b, mean, var, gamma, beta, EPS, **kw))]
 
     if fam == "eager":
         if spec.variant == "from_fp32":
-            a = tuple(v16[k] for k in ("b", "mean", "var", "gamma", "beta"))
+            a = tuple(v16[k] for k in VECTORS)
             return [("", lambda x32, x16, w16: comp(x32.to(torch.float16), w16, *a))]
-        a = tuple(vd[k] for k in ("b", "mean", "var", "gamma", "beta"))
+        a = tuple(vd[k] for k in VECTORS)
         return [("", lambda x, w: comp(x, w, *a))]
 
     if fam == "cublaslt":
@@ -685,13 +690,9 @@ def make_callables(spec: Spec, case: Case, data: CaseData, seeds: Dict[str, dict
         return [("", lambda x, w: torch._addmm_activation(b, x, w.t(), use_gelu=False))]
 
     if fam == "compile":
-        import torch._dynamo
-        for knob in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, knob):
-                setattr(torch._dynamo.config, knob, 1024)
         # the rows of one problem stay compiled side by side through the interleaved timing rounds
         compiled = torch.compile(with_own_code(comp, p), mode="max-autotune-no-cudagraphs", dynamic=False)
-        a = tuple(vd[k] for k in ("b", "mean", "var", "gamma", "beta"))
+        a = tuple(vd[k] for k in VECTORS)
         return [("", lambda x, w: compiled(x, w, *a))]
 
     if fam == "seed":
@@ -720,14 +721,19 @@ def rel_err(out, ref) -> float:
     return val if math.isfinite(val) else float("nan")
 
 
+def base_row(case: Case, spec: Spec) -> dict:
+    """The fields every result row has: which case, which contender, and (until timed) no time."""
+    return dict(problem=case.problem, op=case.op, dtype=case.dtype, M=case.M, N=case.N, K=case.K,
+                contender=spec.name, family=spec.family, precision=spec.precision, variant=spec.variant,
+                flops=case.flops, median_ms=None)
+
+
 def prepare_contender(spec: Spec, case: Case, data: CaseData, ref, seeds, state) -> tuple:
     """(row, callables): the row with its correctness check filled in, and its callables after one untimed call
     each (compile / autotune happen there). callables is empty where the contender raised."""
     import torch
-    row = dict(problem=case.problem, op=case.op, dtype=case.dtype, M=case.M, N=case.N, K=case.K,
-               contender=spec.name, family=spec.family, precision=spec.precision, variant=spec.variant,
-               flops=case.flops, median_ms=None, rel_err=None, tol=None, check="", note="", error=None,
-               timing=None, alternatives=None, compile_s=None, n_inputs=data.n_sets)
+    row = dict(base_row(case, spec), rel_err=None, tol=None, check="", note="", error=None, timing=None,
+               alternatives=None, compile_s=None, n_inputs=len(data.native))
     try:
         with matmul_precision(spec.precision), torch.no_grad():
             callables = make_callables(spec, case, data, seeds, state)
@@ -765,24 +771,22 @@ def record_error(row, e):
 
 
 def time_contenders(prepared, specs: Sequence[Spec], data: CaseData, timing_kw, rounds: int):
-    """Times every prepared contender of one case in `rounds` interleaved rounds (A B C A B C ...), each round
+    """Times every prepared contender of one case in `rounds` interleaved rounds (A B C, B C A, ...), each round
     with 1/rounds of the per-contender budget, and pools the per-call times: a contender timed while the GPU
     sat at a lower clock (power limit, thermal) no longer owes its row to where it fell in the order."""
     import statistics
     import torch
-    from bench.timing import Timing, time_cuda
+    from bench.timing import Timing, round_order, time_cuda
     kw = dict(timing_kw)
     if rounds > 1:
-        kw["reps"] = max(1, math.ceil(kw.get("reps", 100) / rounds))
-        kw["min_reps"] = max(1, math.ceil(kw.get("min_reps", 5) / rounds))
+        kw["reps"] = max(1, math.ceil(kw["reps"] / rounds))
+        kw["min_reps"] = max(1, math.ceil(kw["min_reps"] / rounds))
         if kw.get("budget_ms") is not None:
             kw["budget_ms"] = kw["budget_ms"] / rounds
     pooled = [{label: [] for label, _ in callables} for _, callables in prepared]
     last = [{} for _ in prepared]
     for r in range(rounds):
-        # each round starts one contender later, so no contender always follows the same one
-        order = [(r + j) % len(prepared) for j in range(len(prepared))]
-        for i in order:
+        for i in round_order(len(prepared), r):
             (row, callables), spec = prepared[i], specs[i]
             if row["error"]:
                 continue
@@ -819,6 +823,9 @@ def run_case_contenders(case: Case, specs: Sequence[Spec], data: CaseData, ref, 
         if compiles:
             import torch._dynamo
             torch._dynamo.reset()  # nothing compiled for an earlier problem is reused or kept
+            for knob in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, knob):
+                    setattr(torch._dynamo.config, knob, 1024)
         for spec in specs:
             if progress:
                 progress.set(f"{case.label}: {spec.name} (first call)")
@@ -934,7 +941,7 @@ def main(argv=None) -> int:
 
     seed_dir = find_seed_dir(args.seeds)
     seeds = load_seeds(seed_dir) if "seed" in args.families else {
-        op: dict(module=None, wrapper=None, file=None, sha256=None, error="not requested", label=None) for op in OPS}
+        op: seed_entry(label=None, error="not requested") for op in OPS}
     for op, e in seeds.items():
         if e["error"] and "seed" in args.families:
             print(f"note: no seed row for {op}: {e['error']}", file=sys.stderr)
@@ -974,10 +981,7 @@ def main(argv=None) -> int:
                 msg = f"{type(e).__name__}: {e}"
                 progress.write(f"{case.label}: could not set up: {_short(msg, 200)}")
                 for spec in specs:
-                    rows.append(dict(problem=case.problem, op=case.op, dtype=case.dtype, M=case.M, N=case.N,
-                                     K=case.K, contender=spec.name, family=spec.family, precision=spec.precision,
-                                     variant=spec.variant, flops=case.flops, median_ms=None, check="ERROR",
-                                     error=msg[:2000]))
+                    rows.append(dict(base_row(case, spec), check="ERROR", error=msg[:2000]))
                     progress.update()
             else:
                 for row in run_case_contenders(case, specs, data, ref, seeds, state, timing_kw, rounds, progress):
@@ -1013,7 +1017,7 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v:.0e}" for k, v in TOLERANCE.items()))
     if any(r.get("problem") for r in results):
         print()
-        print("Seed problems (target for fusedops with fp16/bf16 inputs: <= 1.10 x floor):")
+        print(f"Seed problems (target for fusedops with fp16/bf16 inputs: <= {SEED_TARGET:.2f} x floor):")
         print(seed_summary_table(results))
     fails = [r for r in results if r["family"] == "fusedops" and r.get("check") in ("FAIL", "ERROR")]
     others = [r for r in results if r["family"] != "fusedops" and r.get("check") in ("FAIL", "ERROR")]

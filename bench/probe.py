@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench import EPS, composite  # noqa: E402
-from bench.timing import time_cuda  # noqa: E402
+from bench.bench import EPS, composite, rel_err  # noqa: E402
+from bench.timing import round_order, time_cuda  # noqa: E402
 from bench.tune import cfg, jit_runner, tma  # noqa: E402
 
 
@@ -177,8 +177,9 @@ def both_timings(fn):
 
 
 def interleaved(group, rounds, out):
-    """Every candidate of a group and its reference, timed back to back in `rounds` interleaved rounds (A B C A B C);
-    medians over the pooled calls, so a power-limit clock dip lands on all of them alike."""
+    """Every candidate of a group and its reference, timed back to back in `rounds` interleaved rounds
+    (A B C, B C A, ...: timing.round_order, as the bench); medians over the pooled calls, so a power-limit clock
+    dip lands on all of them alike."""
     import statistics
     op, M, N, K, dtype, dot, candidates = GROUPS[group]
     runners, ref, errors = [], None, {}
@@ -192,12 +193,13 @@ def interleaved(group, rounds, out):
             continue
         if ref is None:  # every candidate gets the same seeded inputs: one fp64 reference serves them all
             ref = reference()
-        errors[label] = ((y.double() - ref).norm() / ref.norm()).item()
+        errors[label] = rel_err(y, ref)
         runners.append((label, run))
     runners.append((f"reference {REFERENCES[group]}", reference_runner(REFERENCES[group], *tensors)))
     pooled = {label: [] for label, _ in runners}
-    for _ in range(rounds):
-        for label, run in runners:
+    for r in range(rounds):
+        for i in round_order(len(runners), r):
+            label, run = runners[i]
             pooled[label] += time_cuda(run, warmup=5, reps=60, budget_ms=150.0, min_reps=10).times_ms
     rows = [dict(group=group, label=label, rounds=rounds, median_ms=statistics.median(t), calls=len(t),
                  rel_err=errors.get(label)) for label, t in pooled.items()]
@@ -256,7 +258,7 @@ def main():
                     y = run()
                     torch.cuda.synchronize()
                     ref = reference()
-                    row["rel_err"] = ((y.double() - ref).norm() / ref.norm()).item()
+                    row["rel_err"] = rel_err(y, ref)
                     row["b2b_ms"], row["do_bench_ms"] = both_timings(run)
                     if label.endswith("(table)") or label == candidates[0][0]:
                         ref_fn = reference_runner(REFERENCES[group], *tensors)

@@ -181,6 +181,12 @@ def time_cuda(fn: Callable, *, warmup: int = 10, reps: int = 100, rotate_inputs:
                              hid_host_overhead=hide)
 
 
+def round_order(count: int, round_index: int) -> List[int]:
+    """The order of `count` contenders in interleaved timing round `round_index`: each round starts one contender
+    later (A B C, B C A, C A B, ...), so no contender always runs right after the same one."""
+    return [(round_index + j) % count for j in range(count)]
+
+
 def l2_bytes(device=None) -> int:
     """The device's L2 size in bytes (DEFAULT_L2_BYTES where torch does not say)."""
     try:

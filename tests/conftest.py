@@ -15,3 +15,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cpp_client():
+    """examples/cpp built once per test session (test_deploy and test_export both run it)."""
+    from deploy_helpers import build_cpp_client
+    return build_cpp_client()

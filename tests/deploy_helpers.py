@@ -82,12 +82,14 @@ def check(proc, what="subprocess"):
 
 # --- the wheel ----------------------------------------------------------------------------------
 
+TORCH_MAJOR_MINOR = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+
+
 def expected_version():
     """The version setup.py gives a build against this torch: <base>+torch<major>.<minor>.<cuda tag>."""
     from fusedops._version import __version__
-    major_minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
     cuda = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
-    return f"{__version__}+torch{major_minor}.{cuda}"
+    return f"{__version__}+torch{TORCH_MAJOR_MINOR}.{cuda}"
 
 
 def newest_source_mtime():
@@ -241,16 +243,15 @@ def make_deploy_model(seed=0, **sizes):
 
 
 def eager_reference(model, x):
-    """What the model computes, from PyTorch composites only (no fusedops ops)."""
-    import torch.nn.functional as F
+    """What the model computes, from PyTorch composites only (no fusedops ops): tests/reference.py's, in x's dtype."""
+    from reference import run_ref
 
     def fused(x, w, b, bn=None, eps=1e-5):
-        y = F.linear(x, w, b)
-        if bn is not None:
-            mean, var, gamma, beta = bn
-            y = F.batch_norm(y.reshape(-1, y.shape[-1]), mean, var, gamma, beta, False, 0.0, eps).reshape(y.shape)
-            y = F.gelu(y)
-        return torch.relu(y)
+        p = dict(x=x, weight=w, bias=b)
+        if bn is None:
+            return run_ref("linear_relu", p, compute_dtype=x.dtype)
+        p.update(zip(("running_mean", "running_var", "bn_weight", "bn_bias"), bn))
+        return run_ref("linear_bn_gelu_relu", p, eps, compute_dtype=x.dtype)
 
     bn = model.block.batch_norm
     h = fused(x, model.block.gemm.weight, model.block.gemm.bias, (bn.running_mean, bn.running_var, bn.weight, bn.bias),

@@ -18,11 +18,9 @@ import pytest
 import torch
 
 import fusedops
-from deploy_helpers import (ASSERT_NO_TRITON, REPO, TESTS, Venv, build_cpp_client, check, client_input,
+from deploy_helpers import (ASSERT_NO_TRITON, REPO, TESTS, TORCH_MAJOR_MINOR, Venv, check, client_input,
                             eager_reference, expected_version, find_or_build_wheel, make_deploy_model, run_cpp_client,
                             run_python, run_script, scripted)
-
-TORCH_MAJOR_MINOR = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +31,6 @@ def wheel(tmp_path_factory):
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory, wheel):
     return Venv(tmp_path_factory.mktemp("deploy") / "venv", wheel)
-
-
-@pytest.fixture(scope="module")
-def cpp_client():
-    return build_cpp_client()
 
 
 # --- the wheel ----------------------------------------------------------------------------------
@@ -101,9 +94,9 @@ def test_wheel_info_cli(venv):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_wheel_ops_match_reference(venv, device):
-    out = check(venv.run(f"import runpy, sys\nsys.argv = ['deploy_suite', '--device', {device!r}]\n"
-                         f"sys.path.insert(0, {str(TESTS)!r})\n"
-                         f"runpy.run_path({str(TESTS / 'deploy_suite.py')!r}, run_name='__main__')\n"))
+    # block_triton=False: the venv's .pth blocks it
+    out = check(run_script(TESTS / "deploy_suite.py", "--device", device, cwd=venv.root, python=venv.python,
+                           block_triton=False))
     assert f"from {venv.package / '__init__.py'}" in out
     assert "triton imported: False" in out
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fusedops
-from deploy_helpers import (ASSERT_NO_TRITON, build_cpp_client, check, client_input, eager_reference,
-                            make_deploy_model, run_cpp_client, run_python, scripted)
+from deploy_helpers import (ASSERT_NO_TRITON, check, client_input, eager_reference, make_deploy_model,
+                            run_cpp_client, run_python, scripted)
 from fusedops.nn import LinearBNGeluReLU, LinearReLU
 
 FUSEDOPS_OVERLOADS = {torch.ops.fusedops.linear_relu.default, torch.ops.fusedops.linear_relu.precision,
@@ -160,9 +160,9 @@ def test_aoti_package_runs_in_a_fresh_process(aoti_package, tmp_path):
     fresh_process_check(tmp_path, "cpu", f"run = torch._inductor.aoti_load_package({package!r})", [x], expected)
 
 
-def test_aoti_package_runs_in_the_cpp_client(aoti_package):
+def test_aoti_package_runs_in_the_cpp_client(aoti_package, cpp_client):
     package, x, expected = aoti_package
-    got = run_cpp_client(build_cpp_client(), fusedops.library_path, package, tuple(x.shape))
+    got = run_cpp_client(cpp_client, fusedops.library_path, package, tuple(x.shape))
     assert got["shape"] == tuple(expected.shape)
     assert abs(got["sum"] - expected.double().sum().item()) < 1e-9 + 1e-6 * expected.abs().sum().item()
     assert abs(got["abs_sum"] - expected.double().abs().sum().item()) < 1e-9 + 1e-6 * expected.abs().sum().item()

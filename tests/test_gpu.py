@@ -140,8 +140,9 @@ def launched_grid():
     return int(torch.ops.fusedops._last_launch().rsplit("grid ", 1)[1].rstrip(")"))
 
 
-SPLIT_K_PRECISIONS = {"fp16": (torch.float16, None), "bf16": (torch.bfloat16, None), "fp32_tf32": (torch.float32, "tf32"),
-                      "fp32_fp16": (torch.float32, "fp16"), "fp32_ieee": (torch.float32, "ieee")}
+SPLIT_K_PRECISIONS = {"fp16": (torch.float16, None), "bf16": (torch.bfloat16, None),
+                      "fp32_tf32": (torch.float32, "tf32"), "fp32_fp16": (torch.float32, "fp16"),
+                      "fp32_ieee": (torch.float32, "ieee")}
 
 
 @pytest.mark.parametrize("op", OPS)

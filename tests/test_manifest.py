@@ -90,18 +90,16 @@ def test_knob_values_are_checked_and_named(monkeypatch):
 
     from aot import build
     source, original = build.load_tuning_table(90)
-    tables = {}
 
     def table_with(config_update, kernel="tiled"):
+        """The sm_90 table with its first fp32_tf32 rule's config replaced, as plan_variants will read it."""
         table = json.loads(json.dumps(original))
         rule = table["rules"]["fp32_tf32"][0]
         rule["config"] = dict({k: rule["config"][k] for k in spec.CONFIG_KEYS}, **config_update)
         if kernel != "tiled":
             rule["config"]["KERNEL"] = kernel
-        tables[90] = (source, table)
-        return rule
+        monkeypatch.setattr(build, "load_tuning_table", lambda arch: (source, table))
 
-    monkeypatch.setattr(build, "load_tuning_table", lambda arch: tables[90])
     table_with({"SPLIT_K": 2})
     variants, _ = build.plan_variants([90])
     assert any(v["name"].endswith("_split_k2") and v["config"]["SPLIT_K"] == 2 for v in variants)
