@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from aot import spec  # noqa: E402
 
-CACHE_FORMAT = "5"  # bump when the compile recipe below changes
+CACHE_FORMAT = "6"  # bump when the compile recipe below changes
 
 
 def load_tuning_table(arch):
@@ -153,11 +153,13 @@ def compile_variant(variant, cache_dir):
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "kernel.cubin").write_bytes(compiled.asm["cubin"])
     (tmp / "kernel.ptx").write_text(ptx)
+    ptx_target = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)
     meta = dict(entry_name=md.name, shared_bytes=int(md.shared), num_warps=int(md.num_warps),
                 scratch_bytes=int(getattr(md, "global_scratch_size", 0)),
                 scratch_align=int(getattr(md, "global_scratch_align", 1)),
                 runtime_args=runtime_args, scratch_params=extra_params, triton=triton.__version__,
-                ptx_target=re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1),
+                ptx_target=ptx_target, wgmma_serialized=read_wgmma_serialization(tmp / "kernel.ptx", ptx_target),
+                wgmma_register_hazard=read_wgmma_register_hazard(tmp / "kernel.cubin", ptx),
                 **read_resource_usage(tmp / "kernel.cubin"))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(entry, ignore_errors=True)
@@ -165,10 +167,28 @@ def compile_variant(variant, cache_dir):
     return dict(variant, **meta, cache_key=key, cached=False)
 
 
-def cuobjdump():
+def triton_tool(name):
+    """A CUDA binary tool from the triton wheel (the toolchain that built the kernels), else from PATH."""
     import triton
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    return str(tool) if tool.exists() else shutil.which("cuobjdump")
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    return str(tool) if tool.exists() else shutil.which(name)
+
+
+def cuobjdump():
+    return triton_tool("cuobjdump")
+
+
+def read_wgmma_serialization(ptx_path, ptx_target):
+    """ptxas's reason for running a kernel's wgmma instructions one at a time, or None: the tensor cores idle
+    between them, which costs a Hopper main loop much of its speed, and only ptxas's report says so (Triton calls
+    ptxas without -v, so this runs it again on the same PTX; PERF_NOTES.md v18). Recorded in the manifest."""
+    if "wgmma.mma_async" not in Path(ptx_path).read_text():
+        return None
+    ptxas = os.environ.get("TRITON_PTXAS_PATH") or triton_tool("ptxas")
+    out = subprocess.run([ptxas, f"-arch={ptx_target}", "-v", str(ptx_path), "-o", os.devnull],
+                         capture_output=True, text=True, check=True)
+    m = re.search(r"wgmma\.mma_async instructions are serialized due to ([^'\n]*?) in the function", out.stderr)
+    return m.group(1) if m else None
 
 
 def read_resource_usage(cubin):
@@ -181,6 +201,24 @@ def read_resource_usage(cubin):
     # Triton kernels keep no arrays on the stack: stack or local bytes mean register spills.
     return dict(registers=reg, stack_bytes=stack, local_bytes=local, static_shared_bytes=static_shared,
                 spills=stack > 0 or local > 0)
+
+
+def read_wgmma_register_hazard(cubin, ptx):
+    """Why a kernel may overwrite the registers of a wgmma still in flight, or None.
+
+    With A in registers (fp32 x rounded to fp16 on the fly), PTX forbids writing A's registers until a
+    wgmma.wait_group covers that wgmma. Some Triton versions pipeline such loops with waits that leave wgmmas in
+    flight while the next k-step loads new A values into the same registers: undefined behaviour, seen as NaN
+    output on the H100 (PERF_NOTES.md v19). Conservative reading of the SASS: register-A HGMMA plus any wait
+    that allows one pending."""
+    if "wgmma.mma_async" not in ptx:
+        return None
+    sass = subprocess.run([cuobjdump(), "--dump-sass", str(cubin)], check=True, capture_output=True, text=True).stdout
+    register_a = re.search(r"HGMMA\.\S+ R\d+, R\d+, gdesc", sass)
+    partial_wait = re.search(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x0*[1-9a-f][0-9a-f]*)", sass)
+    if register_a and partial_wait:
+        return f"register-A HGMMA with a wait that leaves {int(partial_wait.group(1), 16)} in flight"
+    return None
 
 
 def check_limits(built):
@@ -198,6 +236,10 @@ def check_limits(built):
             problems.append(f"{v['name']}: CTAS_PER_SM={ctas} needs {ctas} x ({total_shared} + 1024) bytes of shared "
                             f"memory and {ctas} x {v['registers']} x {v['num_warps'] * 32} registers; one SM of "
                             f"sm_{v['arch']} has {spec.SHARED_MEMORY_PER_SM[v['arch']]} and {spec.REGISTERS_PER_SM}")
+        if v["wgmma_register_hazard"]:
+            problems.append(f"{v['name']}: {v['wgmma_register_hazard']} (wrong results possible): pick another config "
+                            f"in aot/tuning/{v['tuning_table']} (fp32 in on fp16 tensor cores: one whose wgmma waits "
+                            f"for each one, such as the tiled kernel at 128x256x32)")
         if v["arch"] in spec.STRICT_ARCHS and v["spills"]:
             problems.append(f"{v['name']}: spills registers on sm_{v['arch']} ({v['registers']} registers, "
                             f"{v['stack_bytes']} stack bytes): shrink its tile in "
@@ -228,7 +270,7 @@ def generate_cpp(built, rules, out):
         for kind in ("cubin", "ptx"):
             sym = f"fusedops_v{i}_{kind}"
             path = (out / "kernels" / f"{v['name']}.{kind}").resolve()
-            asm += [f".global {sym}", f".hidden {sym}", f".balign 16", f"{sym}:", f'.incbin "{path}"',
+            asm += [f".global {sym}", f".hidden {sym}", ".balign 16", f"{sym}:", f'.incbin "{path}"',
                     ".byte 0",  # PTX must be NUL-terminated for cuModuleLoadData; harmless after a cubin
                     f".global {sym}_end", f".hidden {sym}_end", f"{sym}_end:"]
             lines.append(f'extern "C" const unsigned char {sym}[], {sym}_end[];')
@@ -308,6 +350,10 @@ def build(out, cache, jobs, archs):
             print(f"  [{n}/{len(variants)}] {'cached  ' if v['cached'] else 'compiled'} {v['name']} "
                   f"regs={v['registers']} smem={v['shared_bytes']} spills={v['spills']}", flush=True)
     check_limits(built)
+    for v in built:  # a performance note, not an error: with A in registers it is what keeps the kernel correct
+        if v["wgmma_serialized"]:
+            print(f"fusedops AOT: note: {v['name']}: ptxas runs its wgmma one at a time ({v['wgmma_serialized']})",
+                  flush=True)
     for v in built:
         for kind in ("cubin", "ptx"):
             src = cache / v["cache_key"] / f"kernel.{kind}"
@@ -318,7 +364,8 @@ def build(out, cache, jobs, archs):
                     layouts=list(spec.LAYOUTS), variants=[{k: v[k] for k in (
                         "name", "arch", "op", "precision", "layout", "kernel", "config", "entry_name",
                         "shared_bytes", "scratch_bytes",
-                        "registers", "stack_bytes", "local_bytes", "spills", "ptx_target", "tuning_table")}
+                        "registers", "stack_bytes", "local_bytes", "spills", "ptx_target", "wgmma_serialized",
+                        "wgmma_register_hazard", "tuning_table")}
                         for v in built], rules=rules)
     write_if_changed(out / "manifest.json", json.dumps(manifest, indent=1))
     generate_cpp(built, rules, out)

@@ -117,6 +117,26 @@ GROUPS = {
         ("tma 128x128x32 w4 s4", tma(128, 128, 32, 4, 4)),
         ("tma 128x256x32 s3 2 slices g4", tma(128, 256, 32, 8, 3, group=4, slices=2)),
     ]),
+    # FLATTEN=0 (session 4): the persistent loop nest without flattening, on the shared-memory-operand paths
+    "p76_tf32_flat": ("linear_relu", 1024, 8192, 8192, torch.float32, "tf32", [
+        ("tma 128x256x32 s3 2 slices (table)", tma(128, 256, 32, 8, 3, slices=2)),
+        ("tma 128x256x32 s3 2 slices, not flattened", tma(128, 256, 32, 8, 3, slices=2, FLATTEN=0)),
+        ("tma 128x256x32 s3 2 slices g4", tma(128, 256, 32, 8, 3, slices=2, group=4)),
+        ("tma 128x256x32 s3 2 slices g16", tma(128, 256, 32, 8, 3, slices=2, group=16)),
+    ]),
+    "p41_half_flat": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3, not flattened", tma(128, 256, 64, 8, 3, FLATTEN=0)),
+        ("tma 128x256x64 s3 g4", tma(128, 256, 64, 8, 3, group=4)),
+        ("tma 128x256x64 s3 g16", tma(128, 256, 64, 8, 3, group=16)),
+    ]),
+    # fp32 in, fp16 tensor cores, on the pointer-load kernel: its wgmma waits for each one (ptxas-checked safe)
+    "p41_fp32_fp16_tiled": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "fp16", [
+        ("tiled 128x256x32 w8 s3, w16 (table)", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
+        ("AOT op (torch.ops.fusedops)", AOT),
+        ("tiled 128x256x32 w8 s4, w16", cfg(128, 256, 32, 8, 4, WEIGHT_FP16=1)),
+        ("tma 128x256x32 s3, w16 (previous table)", tma(128, 256, 32, 8, 3, w16=True)),
+    ]),
     "p41_tf32": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -127,6 +147,8 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p41_half": "mm", "p41_aot_vs_jit": "mm", "p41_bf16": "mm", "p41_relu_half": "mm", "p41_fp32_fp16": "mm16",
     "p76_tf32": "lt_relu", "p41_tf32": "mm", "p41_ctas": "mm", "p41_relu_ctas": "mm", "p76_tf32_slices": "lt_relu",
     "p41_tf32_ctas": "mm", "p41_fp32_fp16_ctas": "mm16", "p76_aot_vs_jit": "lt_relu",
+    "p76_tf32_flat": "lt_relu", "p41_half_flat": "mm",
+    "p41_fp32_fp16_tiled": "mm16",
 }
 
 

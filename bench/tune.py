@@ -8,7 +8,8 @@
 For each tuning key (half, fp32_tf32, fp32_fp16, fp32_ieee) and op, every candidate config of a shape
 bucket (BUCKETS: skinny M, few output tiles, mid M, big) is compiled from kernels/fused_linear.py (Triton
 JIT, which specialises unit strides and 16-divisible sizes just as the AOT 'aligned' layout does) and
-timed on that bucket's shapes with triton.testing.do_bench (median, L2 flushed before each run). A
+timed on that bucket's shapes with triton.testing.do_bench (median, L2 flushed before each run), after
+its output is checked against an fp64 reference (a wrong candidate is dropped, not timed). A
 bucket's winner is the config with the best geometric mean of time / best time over its shapes. The
 'generic' layout keeps the table's existing entries: a correctness fallback, not the fast path.
 
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aot import spec  # noqa: E402
+from bench.bench import TOLERANCE, composite, rel_err  # noqa: E402
 
 # Shape buckets, in rule order (the first rule whose bounds hold wins at run time):
 # name -> (max_m, max_n (None: unbounded), shapes (M, N, K) timed for it)
@@ -79,9 +81,12 @@ FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 
             tma(128, 128, 32, 8, 3), tma(128, 128, 32, 8, 4), tma(128, 128, 64, 8, 2),
             # a 128x256 fp32 output tile needs the split store to fit its staging buffer beside 3 stages
             tma(128, 256, 32, 8, 3, slices=2), tma(256, 128, 32, 8, 3, slices=2)]
-# fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only
+# fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only. The AOT
+# build refuses a variant whose register-A wgmma stay in flight across the conversions (PERF_NOTES.md v19): with
+# triton 3.8 that is every TMA one here, so a TMA winner means picking the best tiled one instead.
 FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32, 8, 4, slices=2, w16=True),
-                            tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)]
+                            tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1),
+                            cfg(128, 256, 32, 8, 4, WEIGHT_FP16=1)]
 SKINNY_FP32 = [cfg(64, 64, 64, 4, 4), cfg(64, 32, 128, 4, 3), cfg(64, 32, 64, 4, 4), cfg(32, 32, 128, 4, 3),
                cfg(32, 32, 128, 4, 3, SPLIT_K=2), cfg(32, 32, 64, 4, 4, SPLIT_K=4), cfg(16, 64, 64, 4, 4, SPLIT_K=4)]
 # more, smaller tiles for the few-tile buckets
@@ -90,13 +95,16 @@ HALF_NARROW = [cfg(64, 64, 64, 4, 4), cfg(64, 64, 128, 4, 3), cfg(32, 64, 128, 4
                cfg(64, 64, 128, 4, 3, SPLIT_K=2), cfg(128, 64, 64, 4, 4, SPLIT_K=4), cfg(128, 128, 64, 4, 4, SPLIT_K=4)]
 HALF_MID = [cfg(128, 128, 64, 4, 4), cfg(128, 128, 64, 8, 4), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 4),
             cfg(64, 256, 64, 4, 4), cfg(128, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4, SPLIT_K=2),
-            cfg(128, 128, 64, 4, 4, SPLIT_K=2), cfg(128, 128, 64, 8, 4, SPLIT_K=3)]
+            cfg(128, 128, 64, 4, 4, SPLIT_K=2), cfg(128, 128, 64, 8, 4, SPLIT_K=3),
+            # M 256 x N >= 4096 reads W once through 128 programs: TMA's bulk loads instead of per-thread ones
+            tma(64, 128, 64, 4, 4), tma(64, 256, 64, 4, 3), tma(64, 128, 128, 4, 3), tma(128, 128, 64, 8, 4)]
 FP32_NARROW = [cfg(64, 64, 32, 4, 4), cfg(64, 64, 64, 4, 3), cfg(32, 64, 64, 4, 4), cfg(64, 32, 64, 4, 4),
                cfg(128, 64, 32, 4, 4), cfg(64, 64, 32, 4, 4, SPLIT_K=4), cfg(64, 64, 64, 4, 3, SPLIT_K=2),
                cfg(128, 64, 32, 4, 4, SPLIT_K=4)]
 FP32_MID = [cfg(128, 128, 32, 4, 4), cfg(128, 128, 32, 8, 4), cfg(64, 128, 32, 4, 4), cfg(64, 64, 32, 4, 4),
             cfg(64, 64, 64, 4, 3), cfg(64, 128, 32, 4, 4, SPLIT_K=2), cfg(128, 128, 32, 4, 4, SPLIT_K=2),
-            cfg(128, 128, 32, 8, 4, SPLIT_K=3)]
+            cfg(128, 128, 32, 8, 4, SPLIT_K=3),
+            tma(64, 128, 32, 4, 4), tma(64, 128, 64, 4, 3), tma(128, 128, 32, 8, 4)]
 # fp32 'ieee' runs on the FMA units (no tensor cores): register tiles of 16..128 accumulators per thread
 IEEE_SKINNY = [cfg(64, 64, 32, 4, 3), cfg(16, 64, 128, 4, 3), cfg(32, 64, 64, 4, 3), cfg(16, 128, 64, 4, 3),
                cfg(16, 64, 128, 4, 3, SPLIT_K=4), cfg(16, 64, 64, 4, 3, SPLIT_K=8), cfg(32, 64, 64, 4, 3, SPLIT_K=4)]
@@ -168,10 +176,18 @@ def time_config(op, dtype, dot, config, shape):
         run = jit_runner(op, dot, config, x, w, y, vec)
         run()
         torch.cuda.synchronize()
-        return triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
     except Exception as e:  # out of resources etc.: not a candidate on this GPU
         print(f"    {config} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
         return math.inf
+    # a fast wrong kernel is not a candidate (a register-A wgmma overwritten in flight gave NaN: PERF_NOTES.md v19)
+    with torch.no_grad():
+        ref = composite(op)(*(t.double() for t in (x, w, *vec)))
+    err = rel_err(y, ref)
+    tolerance = TOLERANCE[{"native": "bf16" if dtype == torch.bfloat16 else "fp16"}.get(dot, dot)]
+    if not err <= tolerance:  # (NaN fails too)
+        print(f"    {config} at {shape} is wrong: relative error {err:.1e} > {tolerance:.0e}", flush=True)
+        return math.inf
+    return triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
 
 
 def pick(op, key, bucket, shapes, candidates):

@@ -3,6 +3,7 @@
 Run the whole file a second time with FUSEDOPS_FORCE_ARCH=89 to execute the sm_89 kernels (from
 their PTX) on a newer GPU.
 """
+import functools
 import os
 import shutil
 import subprocess
@@ -15,9 +16,13 @@ import torch
 import fusedops
 from reference import GPU_TOLERANCE, make_problem, rel_err, run_fused, run_ref
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from aot import spec  # noqa: E402
+
 pytestmark = pytest.mark.gpu
 OPS = ["linear_relu", "linear_bn_gelu_relu"]
 FORCED_ARCH = os.environ.get("FUSEDOPS_FORCE_ARCH")
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 CASES = [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float32, "fp16"),
          (torch.float16, None), (torch.bfloat16, None)]
@@ -83,16 +88,35 @@ def test_aligned_and_generic_layouts(op, dtype, precision):
     assert "__generic__" in torch.ops.fusedops._last_launch()
 
 
+@functools.cache
+def manifest():
+    return fusedops.build_info()["manifest"]
+
+
+def dispatch_arch():
+    """The arch whose kernels the library runs on this GPU (FUSEDOPS_FORCE_ARCH included)."""
+    major, minor = torch.cuda.get_device_capability()
+    return torch.ops.fusedops._arch_for_capability(major * 10 + minor)
+
+
+def output_tiles(m, n, config):
+    return -(-m // config["BLOCK_M"]) * -(-n // config["BLOCK_N"])
+
+
+def call_dtype_and_precision(precision_name):
+    """A manifest precision name (aot/spec.py PRECISIONS) -> the input dtype and the op's `precision` argument."""
+    elem, dot, _ = spec.PRECISIONS[precision_name]
+    return TORCH_DTYPES[elem], (None if dot == "native" else dot)
+
+
 def expected_variant(op, precision, layout, m, n, k):
     """The variant the tuning tables (as compiled into the binary) name for this call: first matching rule."""
-    manifest = fusedops.build_info()["manifest"]
-    major, minor = torch.cuda.get_device_capability()
-    arch = torch.ops.fusedops._arch_for_capability(major * 10 + minor)
-    for rule in manifest["rules"]:
+    arch = dispatch_arch()
+    for rule in manifest()["rules"]:
         if (rule["arch"], rule["op"], rule["precision"], rule["layout"]) == (arch, op, precision, layout) and all(
                 bound < 0 or value <= bound for bound, value in ((rule["max_m"], m), (rule["max_n"], n),
                                                                  (rule["max_k"], k))):
-            return manifest["variants"][rule["variant"]]
+            return manifest()["variants"][rule["variant"]]
     raise AssertionError(f"no rule for {op} {precision} {layout} on sm_{arch}")
 
 
@@ -115,7 +139,7 @@ def test_every_size_bucket_runs_its_table_variant(op, dtype, precision, name):
         want = expected_variant(op, name, "aligned", m, n, k)
         assert torch.ops.fusedops._last_launch().startswith(want["name"] + " "), (m, want["name"])
         c = want["config"]
-        tiles = -(-m // c["BLOCK_M"]) * -(-n // c["BLOCK_N"])
+        tiles = output_tiles(m, n, c)
         if want["kernel"] == "tma":  # persistent: at most CTAS_PER_SM programs per SM, never more than tiles
             sms = torch.cuda.get_device_properties(0).multi_processor_count
             assert min(tiles, sms) <= launched_grid() <= min(tiles, sms * c["CTAS_PER_SM"]), launched_grid()
@@ -128,21 +152,14 @@ def test_dispatch_follows_forced_arch_and_uses_the_right_binary(op):
     p = make_problem((32,), 64, 64, torch.float16, device="cuda")
     run_fused(op, p)
     launched = torch.ops.fusedops._last_launch()
-    major, minor = torch.cuda.get_device_capability()
     if FORCED_ARCH:
         assert f"__sm{FORCED_ARCH}__" in launched and "(ptx, grid " in launched, launched
     else:
-        arch = torch.ops.fusedops._arch_for_capability(major * 10 + minor)
-        assert f"__sm{arch}__" in launched and "(cubin, grid " in launched, launched
+        assert f"__sm{dispatch_arch()}__" in launched and "(cubin, grid " in launched, launched
 
 
 def launched_grid():
     return int(torch.ops.fusedops._last_launch().rsplit("grid ", 1)[1].rstrip(")"))
-
-
-SPLIT_K_PRECISIONS = {"fp16": (torch.float16, None), "bf16": (torch.bfloat16, None),
-                      "fp32_tf32": (torch.float32, "tf32"), "fp32_fp16": (torch.float32, "fp16"),
-                      "fp32_ieee": (torch.float32, "ieee")}
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -150,15 +167,13 @@ def test_split_k_variants_are_right_and_deterministic(op):
     """Every split-K variant the tables route to on this GPU: a K that splits unevenly and one shorter than the
     splits (empty slices), each against fp64, the grid (tiles x SPLIT_K), and bit-identical repeats (the
     partial sums are added in split order whoever arrives last)."""
-    manifest = fusedops.build_info()["manifest"]
-    major, minor = torch.cuda.get_device_capability()
-    arch = torch.ops.fusedops._arch_for_capability(major * 10 + minor)
+    arch = dispatch_arch()
     ran = 0
-    for rule in manifest["rules"]:
-        v = manifest["variants"][rule["variant"]]
+    for rule in manifest()["rules"]:
+        v = manifest()["variants"][rule["variant"]]
         if (rule["arch"], rule["op"], rule["layout"]) != (arch, op, "aligned") or v["config"].get("SPLIT_K", 1) == 1:
             continue
-        dtype, precision = SPLIT_K_PRECISIONS[rule["precision"]]
+        dtype, precision = call_dtype_and_precision(rule["precision"])
         m = min(rule["max_m"], 300) if rule["max_m"] > 0 else 300
         n = min(rule["max_n"], 272) if rule["max_n"] > 0 else 272
         for k in (1040, 48):
@@ -168,7 +183,7 @@ def test_split_k_variants_are_right_and_deterministic(op):
             out = check(op, p, dtype, precision)
             assert torch.ops.fusedops._last_launch().startswith(v["name"] + " "), v["name"]
             c = v["config"]
-            assert launched_grid() == -(-m // c["BLOCK_M"]) * -(-n // c["BLOCK_N"]) * c["SPLIT_K"]
+            assert launched_grid() == output_tiles(m, n, c) * c["SPLIT_K"]
             kw = {} if precision is None else {"precision": precision}
             for _ in range(3):
                 assert torch.equal(run_fused(op, p, **kw), out), "split-K result changed between identical calls"

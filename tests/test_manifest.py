@@ -125,3 +125,49 @@ def test_two_programs_per_sm_must_fit_one_sm():
         build.check_limits([dict(two, shared_bytes=114 * 1024)])
     with pytest.raises(SystemExit, match="CTAS_PER_SM=2 needs"):
         build.check_limits([dict(two, num_warps=8)])
+
+
+def test_wgmma_serialisation_is_read_from_ptxas(tmp_path, monkeypatch):
+    """The build's reader finds ptxas's serialisation report (a stand-in ptxas prints it) and skips PTX
+    without wgmma."""
+    from aot import build
+    ptx = tmp_path / "k.ptx"
+    ptx.write_text("wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 ...")
+    fake = tmp_path / "ptxas"
+    fake.write_text("#!/bin/sh\necho \"ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async "
+                    "instructions are serialized due to non wgmma instructions defining accumulator registers of a "
+                    "wgmma between start and end of the pipeline stage in the function 'k'\" >&2\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("TRITON_PTXAS_PATH", str(fake))
+    reason = build.read_wgmma_serialization(ptx, "sm_90a")
+    assert reason.startswith("non wgmma instructions defining accumulator registers")
+    fake.write_text("#!/bin/sh\necho 'ptxas info    : Used 168 registers' >&2\n")
+    assert build.read_wgmma_serialization(ptx, "sm_90a") is None
+    ptx.write_text("mma.sync.aligned.m16n8k16 ...")
+    fake.write_text("#!/bin/sh\nexit 1\n")  # not run at all: no wgmma in the PTX
+    assert build.read_wgmma_serialization(ptx, "sm_90a") is None
+
+
+def test_register_a_wgmma_left_in_flight_fails_the_build(tmp_path, monkeypatch):
+    """A kernel whose wgmma reads A from registers and that waits with wgmmas still in flight may overwrite their
+    A registers (PERF_NOTES.md v19): the SASS reader names it and the build's limit check refuses it."""
+    from aot import build
+    fake = tmp_path / "cuobjdump"
+    monkeypatch.setattr(build, "cuobjdump", lambda: str(fake))
+
+    def sass(*lines):
+        fake.write_text("#!/bin/sh\ncat <<'EOF'\n" + "\n".join(f"        /*0{i}0*/  {line} ;" for i, line in
+                                                              enumerate(lines)) + "\nEOF\n")
+        fake.chmod(0o755)
+        return build.read_wgmma_register_hazard(tmp_path / "k.cubin", "wgmma.mma_async.sync.aligned ...")
+
+    pipelined = "WARPGROUP.DEPBAR.LE gsb0, 0x1"
+    assert sass("HGMMA.64x256x16.F32 R24, R152, gdesc[UR36], R24, gsb0", pipelined).endswith("leaves 1 in flight")
+    assert sass("HGMMA.64x256x16.F32 R24, R152, gdesc[UR36], R24, gsb0", "WARPGROUP.DEPBAR.LE gsb0, 0x0") is None
+    assert sass("HGMMA.64x256x16.F32 R24, gdesc[UR4], R24, gsb0", pipelined) is None  # A from shared memory
+    assert build.read_wgmma_register_hazard(tmp_path / "k.cubin", "mma.sync.aligned ...") is None  # no wgmma
+    bad = dict(MANIFEST["variants"][0], arch=90, wgmma_register_hazard="register-A HGMMA with a wait that leaves 1 "
+               "in flight", spills=False, static_shared_bytes=0, tuning_table="sm_90.json")
+    with pytest.raises(SystemExit, match="wrong results possible"):
+        build.check_limits([bad])
+    assert not [v["name"] for v in MANIFEST["variants"] if v["wgmma_register_hazard"]]
