@@ -139,7 +139,7 @@ def compile_variant(variant, cache_dir):
     backend = triton.compiler.make_backend(target)
     options = backend.parse_options({"num_warps": config["num_warps"], "num_stages": config["num_stages"]})
     src = triton.compiler.ASTSource(fn=kernel, signature=full_signature, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=target, options=options.__dict__)
+    compiled, ptxas_log = compile_with_ptxas_log(src, target, options)
     md = compiled.metadata
     if getattr(md, "profile_scratch_size", 0):
         raise RuntimeError(f"{variant['name']}: kernel needs profile scratch memory; the launcher passes none")
@@ -153,12 +153,12 @@ def compile_variant(variant, cache_dir):
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "kernel.cubin").write_bytes(compiled.asm["cubin"])
     (tmp / "kernel.ptx").write_text(ptx)
-    ptx_target = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1)
     meta = dict(entry_name=md.name, shared_bytes=int(md.shared), num_warps=int(md.num_warps),
                 scratch_bytes=int(getattr(md, "global_scratch_size", 0)),
                 scratch_align=int(getattr(md, "global_scratch_align", 1)),
                 runtime_args=runtime_args, scratch_params=extra_params, triton=triton.__version__,
-                ptx_target=ptx_target, wgmma_serialized=read_wgmma_serialization(tmp / "kernel.ptx", ptx_target),
+                ptx_target=re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1),
+                wgmma_serial_reason=read_wgmma_serial_reason(ptxas_log),
                 wgmma_register_hazard=read_wgmma_register_hazard(tmp / "kernel.cubin", ptx),
                 **read_resource_usage(tmp / "kernel.cubin"))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -167,27 +167,37 @@ def compile_variant(variant, cache_dir):
     return dict(variant, **meta, cache_key=key, cached=False)
 
 
-def triton_tool(name):
-    """A CUDA binary tool from the triton wheel (the toolchain that built the kernels), else from PATH."""
+def compile_with_ptxas_log(src, target, options):
+    """triton.compile, plus the report of the ptxas run that made this cubin (Triton runs ptxas with -v and prints
+    the report when asked; always_compile keeps Triton's own cache from skipping that run)."""
+    import contextlib
+    import io
+
     import triton
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
-    return str(tool) if tool.exists() else shutil.which(name)
+    from triton import knobs
+
+    log = io.StringIO()
+    saved = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
+    knobs.nvidia.dump_ptxas_log = knobs.compilation.always_compile = True
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=target, options=options.__dict__)
+    finally:
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = saved
+    return compiled, log.getvalue()
 
 
 def cuobjdump():
-    return triton_tool("cuobjdump")
+    import triton
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(tool) if tool.exists() else shutil.which("cuobjdump")
 
 
-def read_wgmma_serialization(ptx_path, ptx_target):
-    """ptxas's reason for running a kernel's wgmma instructions one at a time, or None: the tensor cores idle
-    between them, which costs a Hopper main loop much of its speed, and only ptxas's report says so (Triton calls
-    ptxas without -v, so this runs it again on the same PTX; PERF_NOTES.md v18). Recorded in the manifest."""
-    if "wgmma.mma_async" not in Path(ptx_path).read_text():
-        return None
-    ptxas = os.environ.get("TRITON_PTXAS_PATH") or triton_tool("ptxas")
-    out = subprocess.run([ptxas, f"-arch={ptx_target}", "-v", str(ptx_path), "-o", os.devnull],
-                         capture_output=True, text=True, check=True)
-    m = re.search(r"wgmma\.mma_async instructions are serialized due to ([^'\n]*?) in the function", out.stderr)
+def read_wgmma_serial_reason(ptxas_log):
+    """ptxas's reason for running a kernel's wgmma instructions one at a time, or None. The tensor cores then idle
+    between wgmmas, which costs a Hopper main loop much of its speed, and only ptxas's report says so
+    (PERF_NOTES.md v18). Recorded in the manifest; with A in registers it is what keeps a kernel correct (v19)."""
+    m = re.search(r"wgmma\.mma_async instructions are serialized due to (.*?) in the function", ptxas_log)
     return m.group(1) if m else None
 
 
@@ -238,8 +248,8 @@ def check_limits(built):
                             f"sm_{v['arch']} has {spec.SHARED_MEMORY_PER_SM[v['arch']]} and {spec.REGISTERS_PER_SM}")
         if v["wgmma_register_hazard"]:
             problems.append(f"{v['name']}: {v['wgmma_register_hazard']} (wrong results possible): pick another config "
-                            f"in aot/tuning/{v['tuning_table']} (fp32 in on fp16 tensor cores: one whose wgmma waits "
-                            f"for each one, such as the tiled kernel at 128x256x32)")
+                            f"in aot/tuning/{v['tuning_table']}, one whose wgmma waits for each other (PERF_NOTES.md "
+                            f"v19)")
         if v["arch"] in spec.STRICT_ARCHS and v["spills"]:
             problems.append(f"{v['name']}: spills registers on sm_{v['arch']} ({v['registers']} registers, "
                             f"{v['stack_bytes']} stack bytes): shrink its tile in "
@@ -351,8 +361,8 @@ def build(out, cache, jobs, archs):
                   f"regs={v['registers']} smem={v['shared_bytes']} spills={v['spills']}", flush=True)
     check_limits(built)
     for v in built:  # a performance note, not an error: with A in registers it is what keeps the kernel correct
-        if v["wgmma_serialized"]:
-            print(f"fusedops AOT: note: {v['name']}: ptxas runs its wgmma one at a time ({v['wgmma_serialized']})",
+        if v["wgmma_serial_reason"]:
+            print(f"fusedops AOT: note: {v['name']}: ptxas runs its wgmma one at a time ({v['wgmma_serial_reason']})",
                   flush=True)
     for v in built:
         for kind in ("cubin", "ptx"):
@@ -364,7 +374,7 @@ def build(out, cache, jobs, archs):
                     layouts=list(spec.LAYOUTS), variants=[{k: v[k] for k in (
                         "name", "arch", "op", "precision", "layout", "kernel", "config", "entry_name",
                         "shared_bytes", "scratch_bytes",
-                        "registers", "stack_bytes", "local_bytes", "spills", "ptx_target", "wgmma_serialized",
+                        "registers", "stack_bytes", "local_bytes", "spills", "ptx_target", "wgmma_serial_reason",
                         "wgmma_register_hazard", "tuning_table")}
                         for v in built], rules=rules)
     write_if_changed(out / "manifest.json", json.dumps(manifest, indent=1))

@@ -9,7 +9,8 @@ For each tuning key (half, fp32_tf32, fp32_fp16, fp32_ieee) and op, every candid
 bucket (BUCKETS: skinny M, few output tiles, mid M, big) is compiled from kernels/fused_linear.py (Triton
 JIT, which specialises unit strides and 16-divisible sizes just as the AOT 'aligned' layout does) and
 timed on that bucket's shapes with triton.testing.do_bench (median, L2 flushed before each run), after
-its output is checked against an fp64 reference (a wrong candidate is dropped, not timed). A
+its output is checked against an fp64 reference and its SASS against the AOT build's wgmma rule (a wrong or
+refused candidate is dropped, not timed). A
 bucket's winner is the config with the best geometric mean of time / best time over its shapes. The
 'generic' layout keeps the table's existing entries: a correctness fallback, not the fast path.
 
@@ -150,28 +151,43 @@ def jit_runner(op, dot, config, x, w, y, vectors):
     def run():
         wk = w.to(torch.float16) if weight_fp16 else w
         if kind == "tma":
-            fused_linear.fused_linear_tma_kernel[grid](x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0),
-                                                       y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta)
+            run.compiled = fused_linear.fused_linear_tma_kernel[grid](
+                x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta)
         else:  # split-K: a partial-sum workspace and zeroed per-tile counters each call, as the AOT launcher
             partials, counters = unused
             if split_k > 1:
                 partials = torch.empty(split_k * M * N, device=x.device, dtype=torch.float32)
                 counters = torch.zeros(tiles, device=x.device, dtype=torch.int32)
-            fused_linear.fused_linear_kernel[(tiles * split_k,)](
+            run.compiled = fused_linear.fused_linear_kernel[(tiles * split_k,)](
                 x, wk, y, *vectors, M, N, K, x.stride(0), x.stride(1), wk.stride(0), wk.stride(1), y.stride(0),
                 y.stride(1), 1, 1, 1, 1e-5, partials, counters, **meta)
         return y
-    return run
+    return run  # run.compiled: the kernel Triton compiled for it, once it has run
 
 
-def time_config(op, dtype, dot, config, shape):
+def tuning_inputs(op, dtype, shape):
+    """One shape's inputs and their fp64 reference output, shared by every candidate timed on it."""
+    M, N, K = shape
+    g = torch.Generator(device="cuda").manual_seed(M * 7 + N * 3 + K)
+    x = torch.randn(M, K, device="cuda", generator=g).to(dtype)
+    w = (torch.randn(N, K, device="cuda", generator=g) * K ** -0.5).to(dtype)
+    vec = [torch.rand(N, device="cuda", generator=g) + 0.5 for _ in range(5)]
+    with torch.no_grad():
+        ref = composite(op)(*(t.double() for t in (x, w, *vec)))
+    return x, w, vec, ref
+
+
+def time_config(op, dot, config, inputs):
+    """do_bench median of one candidate, or inf when it cannot run here, computes a wrong result, or is a kernel the
+    AOT build would refuse (register-A wgmma left in flight: the result may be right by luck, PERF_NOTES.md v19)."""
+    import tempfile
+
     import triton
 
-    M, N, K = shape
-    x = torch.randn(M, K, device="cuda", dtype=dtype)
-    w = torch.randn(N, K, device="cuda", dtype=dtype) * K ** -0.5
-    y = torch.empty(M, N, device="cuda", dtype=dtype)
-    vec = [torch.rand(N, device="cuda") + 0.5 for _ in range(5)]
+    from aot import build
+
+    x, w, vec, ref = inputs
+    y = torch.full(ref.shape, float("nan"), device="cuda", dtype=x.dtype)
     try:
         run = jit_runner(op, dot, config, x, w, y, vec)
         run()
@@ -179,20 +195,30 @@ def time_config(op, dtype, dot, config, shape):
     except Exception as e:  # out of resources etc.: not a candidate on this GPU
         print(f"    {config} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
         return math.inf
-    # a fast wrong kernel is not a candidate (a register-A wgmma overwritten in flight gave NaN: PERF_NOTES.md v19)
-    with torch.no_grad():
-        ref = composite(op)(*(t.double() for t in (x, w, *vec)))
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(run.compiled.asm["cubin"])
+        hazard = build.read_wgmma_register_hazard(cubin, run.compiled.asm["ptx"])
+    if hazard:
+        print(f"    {config} refused: {hazard}", flush=True)
+        return math.inf
     err = rel_err(y, ref)
-    tolerance = TOLERANCE[{"native": "bf16" if dtype == torch.bfloat16 else "fp16"}.get(dot, dot)]
+    tolerance = TOLERANCE["fp16" if dot == "native" and x.dtype == torch.float16 else
+                          "bf16" if dot == "native" else dot]
     if not err <= tolerance:  # (NaN fails too)
-        print(f"    {config} at {shape} is wrong: relative error {err:.1e} > {tolerance:.0e}", flush=True)
+        print(f"    {config} at {tuple(ref.shape)} is wrong: relative error {err:.1e} > {tolerance:.0e}", flush=True)
         return math.inf
     return triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
 
 
 def pick(op, key, bucket, shapes, candidates):
     dtype, dot, _ = CANDIDATES[key]
-    times = {i: [time_config(op, dtype, dot, c, s) for s in shapes] for i, c in enumerate(candidates)}
+    times = {i: [] for i in range(len(candidates))}
+    for shape in shapes:  # shape by shape: one set of inputs and one fp64 reference in memory at a time
+        inputs = tuning_inputs(op, dtype, shape)
+        for i, c in enumerate(candidates):
+            times[i].append(time_config(op, dot, c, inputs))
+        del inputs
     best_per_shape = [min(times[i][j] for i in times) for j in range(len(shapes))]
     score = {i: math.exp(sum(math.log(t / b) for t, b in zip(times[i], best_per_shape)) / len(shapes))
              for i in times}

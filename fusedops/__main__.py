@@ -36,7 +36,7 @@ def info(as_json):
     print(f"{len(manifest['variants'])} kernel variants:")
     print(f"  {'variant':<64} {'regs':>4} {'smem':>7} {'spills':>6}  wgmma")
     for v in manifest["variants"]:
-        wgmma = "one at a time" if v["wgmma_serialized"] else ""
+        wgmma = "one at a time" if v["wgmma_serial_reason"] else ""
         print(f"  {v['name']:<64} {v['registers']:>4} {v['shared_bytes']:>7} {str(v['spills']):>6}  {wgmma}")
     if not torch.cuda.is_available():
         print("GPU: no CUDA GPU visible (the CPU reference path serves calls)")
