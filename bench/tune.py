@@ -82,9 +82,9 @@ FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 
             tma(128, 128, 32, 8, 3), tma(128, 128, 32, 8, 4), tma(128, 128, 64, 8, 2),
             # a 128x256 fp32 output tile needs the split store to fit its staging buffer beside 3 stages
             tma(128, 256, 32, 8, 3, slices=2), tma(256, 128, 32, 8, 3, slices=2)]
-# fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only. The AOT
-# build refuses a variant whose register-A wgmma stay in flight across the conversions (PERF_NOTES.md v19): with
-# triton 3.8 that is every TMA one here, so a TMA winner means picking the best tiled one instead.
+# fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only. Candidates
+# whose register-A wgmma stay in flight across the conversions are refused (PERF_NOTES.md v19): with triton 3.8 that
+# is every TMA one here.
 FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32, 8, 4, slices=2, w16=True),
                             tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1),
                             cfg(128, 256, 32, 8, 4, WEIGHT_FP16=1)]
