@@ -94,6 +94,9 @@ GROUPS = {
     "p41_relu_half": ("linear_relu", 16384, 4096, 4096, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
     ]),
+    "p76_half": ("linear_relu", 1024, 8192, 8192, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+    ]),
     "p41_fp32_fp16": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "fp16", [
         ("tiled 256x128x32 w8 s3 (table)", cfg(256, 128, 32, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
@@ -148,7 +151,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p76_tf32": "lt_relu", "p41_tf32": "mm", "p41_ctas": "mm", "p41_relu_ctas": "mm", "p76_tf32_slices": "lt_relu",
     "p41_tf32_ctas": "mm", "p41_fp32_fp16_ctas": "mm16", "p76_aot_vs_jit": "lt_relu",
     "p76_tf32_flat": "lt_relu", "p41_half_flat": "mm",
-    "p41_fp32_fp16_tiled": "mm16",
+    "p41_fp32_fp16_tiled": "mm16", "p76_half": "mm",
 }
 
 
@@ -239,8 +242,8 @@ def main():
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new candidates after this")
     parser.add_argument("--rounds", type=int, default=1, help="> 1: time each group's candidates interleaved, "
                         "back to back only")
-    parser.add_argument("--calls", type=int, default=0, help="> 0: only run each candidate this many times, untimed "
-                        "(for a profiler such as ncu to time the kernels themselves)")
+    parser.add_argument("--calls", type=int, default=0, help="> 0: only run each candidate, then the reference, this "
+                        "many times, untimed (for a profiler such as ncu to time the kernels themselves)")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 references (mm, cuBLASLt) on TF32, as the TF32 targets
     out = Path(args.out)
@@ -249,13 +252,18 @@ def main():
         for group in args.groups:
             op, M, N, K, dtype, dot, candidates = GROUPS[group]
             for label, config in candidates:
-                run = make_runner(op, M, N, K, dtype, dot, config)[0]
+                run, _, operands = make_runner(op, M, N, K, dtype, dot, config)
                 torch.cuda.nvtx.range_push(label)
                 for _ in range(args.calls):
                     run()
                 torch.cuda.synchronize()
                 torch.cuda.nvtx.range_pop()
                 print(f"{group:<14} {label:<36} ran {args.calls} times", flush=True)
+            reference = reference_runner(REFERENCES[group], *operands)  # the library kernel it is judged against
+            for _ in range(args.calls):
+                reference()
+            torch.cuda.synchronize()
+            print(f"{group:<14} reference {REFERENCES[group]:<26} ran {args.calls} times", flush=True)
         return
     if args.rounds > 1:
         for group in args.groups:
