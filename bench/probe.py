@@ -97,6 +97,18 @@ GROUPS = {
     "p76_half": ("linear_relu", 1024, 8192, 8192, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
     ]),
+    # the tile order's row-group height: W is re-read from DRAM once per group of GROUP_M row blocks (v23)
+    "p41_group_m": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
+        ("tma 128x256x64 s3 g8 (table)", tma(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3 g16", tma(128, 256, 64, 8, 3, group=16)),
+        ("tma 128x256x64 s3 g32", tma(128, 256, 64, 8, 3, group=32)),
+        ("tma 128x256x64 s3 g4", tma(128, 256, 64, 8, 3, group=4)),
+    ]),
+    "p76_group_m": ("linear_relu", 1024, 8192, 8192, torch.float16, "native", [
+        ("tma 128x256x64 s3 g8 (table)", tma(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3 g4", tma(128, 256, 64, 8, 3, group=4)),
+        ("tma 128x256x64 s3 g2", tma(128, 256, 64, 8, 3, group=2)),
+    ]),
     "p41_fp32_fp16": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "fp16", [
         ("tiled 256x128x32 w8 s3 (table)", cfg(256, 128, 32, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
@@ -151,7 +163,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p76_tf32": "lt_relu", "p41_tf32": "mm", "p41_ctas": "mm", "p41_relu_ctas": "mm", "p76_tf32_slices": "lt_relu",
     "p41_tf32_ctas": "mm", "p41_fp32_fp16_ctas": "mm16", "p76_aot_vs_jit": "lt_relu",
     "p76_tf32_flat": "lt_relu", "p41_half_flat": "mm",
-    "p41_fp32_fp16_tiled": "mm16", "p76_half": "mm",
+    "p41_fp32_fp16_tiled": "mm16", "p76_half": "mm", "p41_group_m": "mm", "p76_group_m": "mm",
 }
 
 
