@@ -26,15 +26,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench import EPS, composite, rel_err  # noqa: E402
+from bench.bench import EPS, SEED_PROBLEMS, composite, rel_err  # noqa: E402
 from bench.timing import round_order, time_cuda  # noqa: E402
 from bench.tune import cfg, jit_runner, tma  # noqa: E402
 
 
 AOT = None  # the built op itself, through torch.ops.fusedops (whatever the tables pick)
+P41, P76 = ((m, n, k) for _, _, m, k, n in SEED_PROBLEMS)  # the seed problems' (M, N, K), as the bench defines them
 # group -> (op, M, N, K, dtype of x, DOT, [(label, config)])
 GROUPS = {
-    "p41_half": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
+    "p41_half": ("linear_bn_gelu_relu", *P41, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
         ("tma 128x256x64 s3 2 slices", tma(128, 256, 64, 8, 3, slices=2)),
@@ -45,12 +46,12 @@ GROUPS = {
         ("tma 128x256x64 s3 g16", tma(128, 256, 64, 8, 3, group=16)),
     ]),
     # the same kernel through the AOT op and through the JIT, timed interleaved (--rounds): is there a gap?
-    "p41_aot_vs_jit": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
+    "p41_aot_vs_jit": ("linear_bn_gelu_relu", *P41, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
     ]),
     # two programs per SM, one warpgroup each: one's epilogue overlaps the other's main loop (session 3)
-    "p41_ctas": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
+    "p41_ctas": ("linear_bn_gelu_relu", *P41, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
         ("tma 128x128x64 w4 s3 2 slices 2/SM", tma(128, 128, 64, 4, 3, slices=2, ctas=2)),
@@ -60,56 +61,56 @@ GROUPS = {
         ("tma 64x256x64 w4 s2 2/SM", tma(64, 256, 64, 4, 2, ctas=2)),
         ("tma 128x256x64 s4 4 slices", tma(128, 256, 64, 8, 4, slices=4)),
     ]),
-    "p41_relu_ctas": ("linear_relu", 16384, 4096, 4096, torch.float16, "native", [
+    "p41_relu_ctas": ("linear_relu", *P41, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("tma 128x128x64 w4 s3 2 slices 2/SM", tma(128, 128, 64, 4, 3, slices=2, ctas=2)),
         ("tma 128x128x64 w4 s2 2/SM", tma(128, 128, 64, 4, 2, ctas=2)),
     ]),
-    "p76_tf32_slices": ("linear_relu", 1024, 8192, 8192, torch.float32, "tf32", [
+    "p76_tf32_slices": ("linear_relu", *P76, torch.float32, "tf32", [
         ("tma 128x256x32 s3 2 slices (table)", tma(128, 256, 32, 8, 3, slices=2)),
         ("AOT op (torch.ops.fusedops)", AOT),
         ("tma 128x256x32 s4 4 slices", tma(128, 256, 32, 8, 4, slices=4)),
         ("tma 128x256x32 s3 4 slices", tma(128, 256, 32, 8, 3, slices=4)),
         ("tma 128x128x32 w4 s3 4 slices 2/SM", tma(128, 128, 32, 4, 3, slices=4, ctas=2)),
     ]),
-    "p41_tf32_ctas": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "tf32", [
+    "p41_tf32_ctas": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tma 256x128x32 s3 2 slices (table)", tma(256, 128, 32, 8, 3, slices=2)),
         ("tma 128x256x32 s4 4 slices", tma(128, 256, 32, 8, 4, slices=4)),
         ("tma 128x128x32 w4 s3 4 slices 2/SM", tma(128, 128, 32, 4, 3, slices=4, ctas=2)),
     ]),
-    "p41_fp32_fp16_ctas": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "fp16", [
+    "p41_fp32_fp16_ctas": ("linear_bn_gelu_relu", *P41, torch.float32, "fp16", [
         ("tma 128x256x32 s3, w16 (table)", tma(128, 256, 32, 8, 3, w16=True)),
         ("tma 128x128x32 w4 s3 2 slices 2/SM, w16", tma(128, 128, 32, 4, 3, slices=2, w16=True, ctas=2)),
         ("tma 128x128x64 w4 s2 4 slices 2/SM, w16", tma(128, 128, 64, 4, 2, slices=4, w16=True, ctas=2)),
         ("tma 128x256x32 s4 4 slices, w16", tma(128, 256, 32, 8, 4, slices=4, w16=True)),
     ]),
-    "p76_aot_vs_jit": ("linear_relu", 1024, 8192, 8192, torch.float32, "tf32", [
+    "p76_aot_vs_jit": ("linear_relu", *P76, torch.float32, "tf32", [
         ("tma 128x256x32 s3 2 slices (table)", tma(128, 256, 32, 8, 3, slices=2)),
         ("AOT op (torch.ops.fusedops)", AOT),
     ]),
-    "p41_bf16": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.bfloat16, "native", [
+    "p41_bf16": ("linear_bn_gelu_relu", *P41, torch.bfloat16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("tma 128x256x64 s3 2 slices", tma(128, 256, 64, 8, 3, slices=2)),
     ]),
-    "p41_relu_half": ("linear_relu", 16384, 4096, 4096, torch.float16, "native", [
+    "p41_relu_half": ("linear_relu", *P41, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
     ]),
-    "p76_half": ("linear_relu", 1024, 8192, 8192, torch.float16, "native", [
+    "p76_half": ("linear_relu", *P76, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
     ]),
     # the tile order's row-group height: W is re-read from DRAM once per group of GROUP_M row blocks (v23)
-    "p41_group_m": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
+    "p41_group_m": ("linear_bn_gelu_relu", *P41, torch.float16, "native", [
         ("tma 128x256x64 s3 g8 (table)", tma(128, 256, 64, 8, 3)),
         ("tma 128x256x64 s3 g16", tma(128, 256, 64, 8, 3, group=16)),
         ("tma 128x256x64 s3 g32", tma(128, 256, 64, 8, 3, group=32)),
         ("tma 128x256x64 s3 g4", tma(128, 256, 64, 8, 3, group=4)),
     ]),
-    "p76_group_m": ("linear_relu", 1024, 8192, 8192, torch.float16, "native", [
+    "p76_group_m": ("linear_relu", *P76, torch.float16, "native", [
         ("tma 128x256x64 s3 g8 (table)", tma(128, 256, 64, 8, 3)),
         ("tma 128x256x64 s3 g4", tma(128, 256, 64, 8, 3, group=4)),
         ("tma 128x256x64 s3 g2", tma(128, 256, 64, 8, 3, group=2)),
     ]),
-    "p41_fp32_fp16": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "fp16", [
+    "p41_fp32_fp16": ("linear_bn_gelu_relu", *P41, torch.float32, "fp16", [
         ("tiled 256x128x32 w8 s3 (table)", cfg(256, 128, 32, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
         ("tma 128x128x32 s4, w fp32", tma(128, 128, 32, 8, 4)),
@@ -121,7 +122,7 @@ GROUPS = {
         ("tiled 128x256x32 w8 s3, w16", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
         ("tiled 128x128x32 w8 s4, w16", cfg(128, 128, 32, 8, 4, WEIGHT_FP16=1)),
     ]),
-    "p76_tf32": ("linear_relu", 1024, 8192, 8192, torch.float32, "tf32", [
+    "p76_tf32": ("linear_relu", *P76, torch.float32, "tf32", [
         ("tma 128x128x32 s4 (table)", tma(128, 128, 32, 8, 4)),
         ("AOT op (torch.ops.fusedops)", AOT),
         ("tma 128x128x32 s5", tma(128, 128, 32, 8, 5)),
@@ -133,26 +134,24 @@ GROUPS = {
         ("tma 128x256x32 s3 2 slices g4", tma(128, 256, 32, 8, 3, group=4, slices=2)),
     ]),
     # FLATTEN=0 (session 4): the persistent loop nest without flattening, on the shared-memory-operand paths
-    "p76_tf32_flat": ("linear_relu", 1024, 8192, 8192, torch.float32, "tf32", [
+    "p76_tf32_flat": ("linear_relu", *P76, torch.float32, "tf32", [
         ("tma 128x256x32 s3 2 slices (table)", tma(128, 256, 32, 8, 3, slices=2)),
         ("tma 128x256x32 s3 2 slices, not flattened", tma(128, 256, 32, 8, 3, slices=2, FLATTEN=0)),
         ("tma 128x256x32 s3 2 slices g4", tma(128, 256, 32, 8, 3, slices=2, group=4)),
         ("tma 128x256x32 s3 2 slices g16", tma(128, 256, 32, 8, 3, slices=2, group=16)),
     ]),
-    "p41_half_flat": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float16, "native", [
+    "p41_half_flat": ("linear_bn_gelu_relu", *P41, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("tma 128x256x64 s3, not flattened", tma(128, 256, 64, 8, 3, FLATTEN=0)),
-        ("tma 128x256x64 s3 g4", tma(128, 256, 64, 8, 3, group=4)),
-        ("tma 128x256x64 s3 g16", tma(128, 256, 64, 8, 3, group=16)),
     ]),
     # fp32 in, fp16 tensor cores, on the pointer-load kernel: its wgmma waits for each one (ptxas-checked safe)
-    "p41_fp32_fp16_tiled": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "fp16", [
+    "p41_fp32_fp16_tiled": ("linear_bn_gelu_relu", *P41, torch.float32, "fp16", [
         ("tiled 128x256x32 w8 s3, w16 (table)", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
         ("AOT op (torch.ops.fusedops)", AOT),
         ("tiled 128x256x32 w8 s4, w16", cfg(128, 256, 32, 8, 4, WEIGHT_FP16=1)),
         ("tma 128x256x32 s3, w16 (previous table)", tma(128, 256, 32, 8, 3, w16=True)),
     ]),
-    "p41_tf32": ("linear_bn_gelu_relu", 16384, 4096, 4096, torch.float32, "tf32", [
+    "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
         ("tma 128x256x32 s3 2 slices", tma(128, 256, 32, 8, 3, slices=2)),

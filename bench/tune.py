@@ -203,8 +203,8 @@ def time_config(op, dot, config, inputs):
         print(f"    {config} refused: {hazard}", flush=True)
         return math.inf
     err = rel_err(y, ref)
-    tolerance = TOLERANCE["fp16" if dot == "native" and x.dtype == torch.float16 else
-                          "bf16" if dot == "native" else dot]
+    precision = dot if dot != "native" else {torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
+    tolerance = TOLERANCE[precision]
     if not err <= tolerance:  # (NaN fails too)
         print(f"    {config} at {tuple(ref.shape)} is wrong: relative error {err:.1e} > {tolerance:.0e}", flush=True)
         return math.inf
