@@ -45,9 +45,13 @@ def plan_variants(archs):
     def variant_for(arch, op, precision, layout, config):
         kernel = config.get("KERNEL", "tiled")
         kernel_spec = spec.KERNELS.get(kernel)
-        if kernel_spec is None or layout not in kernel_spec["layouts"] or arch < kernel_spec["min_arch"]:
+        if (kernel_spec is None or layout not in kernel_spec["layouts"] or arch < kernel_spec["min_arch"]
+                or arch > (kernel_spec["max_arch"] or arch)):
             raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} cannot serve the {layout} layout on "
                              f"sm_{arch} (kernels: {spec.KERNELS})")
+        if kernel_spec["dots"] is not None and spec.PRECISIONS[precision][1] not in kernel_spec["dots"]:
+            raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} serves DOT {kernel_spec['dots']} only; "
+                             f"{op} {precision} asks for it")
         knobs = {k: int(config.get(k, default)) for k, default in kernel_spec["knobs"].items()}
         knobs.update({k: int(config.get(k, default)) for k, default in spec.LAUNCHER_KNOBS.items()})
         for name, value in knobs.items():
@@ -57,6 +61,10 @@ def plan_variants(archs):
         if knobs["WEIGHT_FP16"] and spec.PRECISIONS[precision][1] != "fp16":
             raise SystemExit(f"tuning table for sm_{arch}: WEIGHT_FP16 applies only to precisions whose kernel "
                              f"computes in fp16 (fp32_fp16); {op} {precision} asks for it")
+        for name, value in kernel_spec.get("requires", {}).items():
+            if knobs[name] != value:
+                raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} needs {name}={value}; {op} {precision} "
+                                 f"has {knobs[name]}")
         if knobs["CTAS_PER_SM"] != 1 and not kernel_spec["persistent"]:
             raise SystemExit(f"tuning table for sm_{arch}: CTAS_PER_SM applies only to persistent kernels; "
                              f"{op} {precision} sets it on KERNEL {kernel!r}")
@@ -99,7 +107,7 @@ def kernel_signature(kernel_kind, precision, layout, weight_fp16=False):
     """Triton function, signature, constexprs and divisibility attributes for one variant."""
     import importlib
 
-    module = importlib.import_module(spec.KERNEL_SOURCE[:-3].replace("/", "."))
+    module = importlib.import_module(spec.KERNELS[kernel_kind]["source"][:-3].replace("/", "."))
     kernel = getattr(module, spec.KERNELS[kernel_kind]["function"])
     elem = spec.PRECISIONS[precision][0]
     layout_spec = spec.LAYOUTS[layout]
@@ -123,10 +131,13 @@ def compile_variant(variant, cache_dir):
     constexprs = dict(constexprs, EPILOGUE=spec.OPS[variant["op"]], DOT=spec.PRECISIONS[variant["precision"]][1],
                       **{k: config[k] for k in spec.TILE_KEYS},
                       **{k: spec.knob_constexpr(k, config[k]) for k in spec.KERNELS[variant["kernel"]]["knobs"]})
+    if spec.KERNELS[variant["kernel"]]["stages_constexpr"]:
+        constexprs["STAGES"] = config["num_stages"]
     full_signature = {n: ("constexpr" if n in constexprs else signature[n]) for n in names}
     runtime_args = [n for n in names if n not in constexprs]
 
-    key_src = json.dumps([CACHE_FORMAT, triton.__version__, (ROOT / spec.KERNEL_SOURCE).read_text(),
+    sources = sorted({spec.KERNELS[k]["source"] for k in spec.KERNELS})  # a Gluon kernel imports the Triton helpers
+    key_src = json.dumps([CACHE_FORMAT, triton.__version__, [(ROOT / p).read_text() for p in sources],
                           variant["arch"], full_signature, sorted(constexprs.items()),
                           sorted((str(k), v) for k, v in attrs.items()), config], sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
@@ -138,7 +149,11 @@ def compile_variant(variant, cache_dir):
     target = GPUTarget("cuda", variant["arch"], 32)
     backend = triton.compiler.make_backend(target)
     options = backend.parse_options({"num_warps": config["num_warps"], "num_stages": config["num_stages"]})
-    src = triton.compiler.ASTSource(fn=kernel, signature=full_signature, constexprs=constexprs, attrs=attrs)
+    if kernel.is_gluon():
+        from triton.experimental.gluon._runtime import GluonASTSource as source_type
+    else:
+        source_type = triton.compiler.ASTSource
+    src = source_type(fn=kernel, signature=full_signature, constexprs=constexprs, attrs=attrs)
     compiled, ptxas_log = compile_with_ptxas_log(src, target, options)
     md = compiled.metadata
     if getattr(md, "profile_scratch_size", 0):
@@ -214,20 +229,90 @@ def read_resource_usage(cubin):
 
 
 def read_wgmma_register_hazard(cubin, ptx):
-    """Why a kernel may overwrite the registers of a wgmma still in flight, or None.
+    """Where a kernel may overwrite the A registers of a wgmma still in flight, or None.
 
     With A in registers (fp32 x rounded to fp16 on the fly), PTX forbids writing A's registers until a
-    wgmma.wait_group covers that wgmma. Some Triton versions pipeline such loops with waits that leave wgmmas in
-    flight while the next k-step loads new A values into the same registers: undefined behaviour, seen as NaN
-    output on the H100 (PERF_NOTES.md v19). Conservative reading of the SASS: register-A HGMMA plus any wait
-    that allows one pending."""
+    wgmma.wait_group covers that wgmma. Triton's own pipeliner can get this wrong: it waits with wgmmas still in
+    flight while the next k-step rounds new A values into the same registers (undefined: NaN seen on the H100,
+    PERF_NOTES.md v19). So the build reads the SASS and follows every path from each register-A HGMMA (branches
+    and loop back-edges included) until a WARPGROUP.DEPBAR retires its group; a write to its A registers before
+    that is a hazard."""
     if "wgmma.mma_async" not in ptx:
         return None
     sass = subprocess.run([cuobjdump(), "--dump-sass", str(cubin)], check=True, capture_output=True, text=True).stdout
-    register_a = re.search(r"HGMMA\.\S+ R\d+, R\d+, gdesc", sass)
-    partial_wait = re.search(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x0*[1-9a-f][0-9a-f]*)", sass)
-    if register_a and partial_wait:
-        return f"register-A HGMMA with a wait that leaves {int(partial_wait.group(1), 16)} in flight"
+    return find_wgmma_register_hazard(sass)
+
+
+SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+HGMMA_REGISTER_A = re.compile(r"HGMMA\.\S+ R\d+, R(\d+), ")
+HGMMA_A_REGISTERS = 4  # an m64 x k(32 bytes) A fragment: 4 registers per thread, whatever the element type
+
+
+def sass_instructions(sass):
+    """[(address, predicate, opcode, operands)] of every SASS instruction, in address order."""
+    out = []
+    for m in SASS_LINE.finditer(sass):
+        text = m.group(2).strip()
+        predicate = None
+        if text.startswith("@"):
+            predicate, text = text.split(None, 1)
+        opcode, _, operands = text.partition(" ")
+        out.append((int(m.group(1), 16), predicate, opcode, operands.strip()))
+    return out
+
+
+def written_registers(opcode, operands):
+    """The R registers an instruction writes: SASS names its destination first (stores name an address)."""
+    m = re.match(r"R(\d+)\b", operands)
+    if not m or opcode.startswith("HGMMA"):  # (HGMMA writes its accumulator, never another wgmma's A)
+        return range(0)
+    width = 4 if ".128" in opcode else 2 if (".64" in opcode or ".WIDE" in opcode or opcode.startswith("D")) else 1
+    return range(int(m.group(1)), int(m.group(1)) + width)
+
+
+def find_wgmma_register_hazard(sass):
+    """find_wgmma_register_hazard's walk over a cuobjdump SASS listing (see read_wgmma_register_hazard)."""
+    code = sass_instructions(sass)
+    at = {address: i for i, (address, *_) in enumerate(code)}
+
+    def successors(i):
+        _, predicate, opcode, operands = code[i]
+        if opcode in ("EXIT", "RET") or opcode.startswith("RET."):
+            return [i + 1] if predicate else []
+        if opcode.startswith("BRA"):
+            target = re.search(r"0x([0-9a-f]+)", operands)
+            if target is None or int(target.group(1), 16) not in at:
+                raise ValueError(f"unreadable branch {opcode} {operands}")
+            return [at[int(target.group(1), 16)]] + ([i + 1] if predicate else [])
+        if opcode.startswith(("BRX", "JMX", "JMP")):
+            raise ValueError(f"indirect branch {opcode} {operands}")
+        return [i + 1]
+
+    for start, (address, _, opcode, operands) in enumerate(code):
+        m = HGMMA_REGISTER_A.match(f"{opcode} {operands}")
+        if not m:
+            continue
+        a_regs = set(range(int(m.group(1)), int(m.group(1)) + HGMMA_A_REGISTERS))
+        # state: (instruction, has this HGMMA's group been committed, groups committed after it (capped))
+        todo, seen = [(start, False, 0)], set()
+        while todo:
+            i, committed, newer = state = todo.pop()
+            if i >= len(code) or state in seen:
+                continue
+            seen.add(state)
+            _, predicate, op, args = code[i]
+            if i != start and a_regs & set(written_registers(op, args)):
+                return (f"register-A HGMMA at 0x{address:x} reads R{min(a_regs)}-R{max(a_regs)}, which {op} at "
+                        f"0x{code[i][0]:x} overwrites before a wait retires it")
+            if op.startswith("HGMMA") and "gsb0" in args:
+                committed, newer = (True, min(newer + 1, 8)) if committed and i != start else (True, 0)
+            wait = re.match(r"gsb0, 0x([0-9a-f]+)", args) if op == "WARPGROUP.DEPBAR.LE" else None
+            if wait and not predicate and committed and newer >= int(wait.group(1), 16):
+                continue  # retired on this path
+            try:
+                todo += [(j, committed, newer) for j in successors(i)]
+            except ValueError as e:
+                return f"SASS not analysable ({e}): cannot show register-A wgmma safe"
     return None
 
 

@@ -6,15 +6,21 @@ back out of the built library (torch.ops.fusedops._build_info), never a second c
 """
 import os
 
-KERNEL_SOURCE = "kernels/fused_linear.py"
-
-# main-loop kind (a tuning-table config's "KERNEL", default "tiled") -> its Triton function and limits
+# main-loop kind (a tuning-table config's "KERNEL", default "tiled") -> its source file, function and limits.
 # "knobs": extra constexprs a config may set, with their defaults (values: KNOB_VALUES, else 0/1).
+# "dots": the DOT values it serves (None: all); "max_arch": newest arch it runs on (None: any);
+# "stages_constexpr": the config's num_stages goes to the kernel as STAGES (Gluon kernels pipeline by hand).
 KERNELS = {
-    "tiled": {"function": "fused_linear_kernel", "layouts": ("aligned", "generic"), "min_arch": 80,
-              "persistent": False, "knobs": {"SPLIT_K": 1}},
-    "tma": {"function": "fused_linear_tma_kernel", "layouts": ("aligned",), "min_arch": 90, "persistent": True,
+    "tiled": {"source": "kernels/fused_linear.py", "function": "fused_linear_kernel",
+              "layouts": ("aligned", "generic"), "min_arch": 80, "max_arch": None, "dots": None,
+              "persistent": False, "stages_constexpr": False, "knobs": {"SPLIT_K": 1}},
+    "tma": {"source": "kernels/fused_linear.py", "function": "fused_linear_tma_kernel", "layouts": ("aligned",),
+            "min_arch": 90, "max_arch": None, "dots": None, "persistent": True, "stages_constexpr": False,
             "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SLICES": 1}},
+    # fp32 x on fp16 tensor cores with explicit wgmma waits (Hopper's wgmma only; the weight arrives in fp16)
+    "wgmma": {"source": "kernels/fused_linear_gluon.py", "function": "fused_linear_wgmma_kernel",
+              "layouts": ("aligned",), "min_arch": 90, "max_arch": 90, "dots": ("fp16",), "persistent": True,
+              "stages_constexpr": True, "knobs": {}, "requires": {"WEIGHT_FP16": 1}},
 }
 
 # op name (= torch.ops.fusedops.<name>) -> the kernel's EPILOGUE constexpr

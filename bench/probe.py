@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench import EPS, SEED_PROBLEMS, composite, rel_err  # noqa: E402
 from bench.timing import round_order, time_cuda  # noqa: E402
-from bench.tune import cfg, jit_runner, tma  # noqa: E402
+from bench.tune import cfg, jit_runner, tma, wgmma  # noqa: E402
 
 
 AOT = None  # the built op itself, through torch.ops.fusedops (whatever the tables pick)
@@ -151,6 +151,19 @@ GROUPS = {
         ("tiled 128x256x32 w8 s4, w16", cfg(128, 256, 32, 8, 4, WEIGHT_FP16=1)),
         ("tma 128x256x32 s3, w16 (previous table)", tma(128, 256, 32, 8, 3, w16=True)),
     ]),
+    # the Gluon kernel: explicit wgmma waits, two A register sets (kernels/fused_linear_gluon.py; session 5)
+    "p41_fp32_fp16_wgmma": ("linear_bn_gelu_relu", *P41, torch.float32, "fp16", [
+        ("tiled 128x256x32 w8 s3, w16 (table)", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
+        ("wgmma 128x256x32 w8 s4", wgmma(128, 256, 32, 8, 4)),
+        ("wgmma 128x256x32 w8 s5", wgmma(128, 256, 32, 8, 5)),
+        ("wgmma 128x256x32 w8 s6", wgmma(128, 256, 32, 8, 6)),
+        ("wgmma 128x256x32 w8 s6 g16", wgmma(128, 256, 32, 8, 6, group=16)),
+    ]),
+    "p41_relu_fp32_fp16_wgmma": ("linear_relu", *P41, torch.float32, "fp16", [
+        ("tiled 128x256x32 w8 s3, w16 (table)", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
+        ("wgmma 128x256x32 w8 s4", wgmma(128, 256, 32, 8, 4)),
+        ("wgmma 128x256x32 w8 s6", wgmma(128, 256, 32, 8, 6)),
+    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -163,6 +176,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p41_tf32_ctas": "mm", "p41_fp32_fp16_ctas": "mm16", "p76_aot_vs_jit": "lt_relu",
     "p76_tf32_flat": "lt_relu", "p41_half_flat": "mm",
     "p41_fp32_fp16_tiled": "mm16", "p76_half": "mm", "p41_group_m": "mm", "p76_group_m": "mm",
+    "p41_fp32_fp16_wgmma": "mm16", "p41_relu_fp32_fp16_wgmma": "mm16",
 }
 
 

@@ -51,6 +51,11 @@ def cfg(bm, bn, bk, warps, stages, group=8, kernel="tiled", **switches):
     return config if kernel == "tiled" else dict(config, KERNEL=kernel)
 
 
+def wgmma(bm, bn, bk, warps, stages, **kw):
+    """A config of the Gluon kernel for fp32 x on fp16 tensor cores (its weight is rounded to fp16 per call)."""
+    return cfg(bm, bn, bk, warps, stages, kernel="wgmma", WEIGHT_FP16=1, **kw)
+
+
 def tma(*args, ws=False, slices=1, w16=False, ctas=1, **kw):
     """A persistent TMA-kernel config: ws warp-specialised, `slices` epilogue slices, w16 the weight rounded to
     fp16 per call, `ctas` programs per SM."""
@@ -125,8 +130,9 @@ CANDIDATES = {  # key -> (dtype of x, the kernel's DOT, {bucket: candidate confi
 def jit_runner(op, dot, config, x, w, y, vectors):
     """A no-argument callable launching one candidate config through Triton's JIT exactly as the AOT launcher
     would: same kernel, constexprs, grid, scratch, and (WEIGHT_FP16) the per-call fp16 rounding of w."""
+    import importlib
+
     import triton
-    from kernels import fused_linear
 
     M, K = x.shape
     N = w.shape[0]
@@ -134,6 +140,9 @@ def jit_runner(op, dot, config, x, w, y, vectors):
     kernel = spec.KERNELS[kind]
     meta = dict({k: config[k] for k in spec.CONFIG_KEYS}, EPILOGUE=spec.OPS[op], DOT=dot,
                 **{k: spec.knob_constexpr(k, config.get(k, default)) for k, default in kernel["knobs"].items()})
+    if kernel["stages_constexpr"]:
+        meta["STAGES"] = config["num_stages"]
+    function = getattr(importlib.import_module(kernel["source"][:-3].replace("/", ".")), kernel["function"])
     weight_fp16 = bool(config.get("WEIGHT_FP16", spec.LAUNCHER_KNOBS["WEIGHT_FP16"]))
     tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
     if kernel["persistent"]:
@@ -150,15 +159,15 @@ def jit_runner(op, dot, config, x, w, y, vectors):
 
     def run():
         wk = w.to(torch.float16) if weight_fp16 else w
-        if kind == "tma":
-            run.compiled = fused_linear.fused_linear_tma_kernel[grid](
+        if kernel["persistent"]:  # (the TMA and the Gluon kernel take the same arguments)
+            run.compiled = function[grid](
                 x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta)
         else:  # split-K: a partial-sum workspace and zeroed per-tile counters each call, as the AOT launcher
             partials, counters = unused
             if split_k > 1:
                 partials = torch.empty(split_k * M * N, device=x.device, dtype=torch.float32)
                 counters = torch.zeros(tiles, device=x.device, dtype=torch.int32)
-            run.compiled = fused_linear.fused_linear_kernel[(tiles * split_k,)](
+            run.compiled = function[(tiles * split_k,)](
                 x, wk, y, *vectors, M, N, K, x.stride(0), x.stride(1), wk.stride(0), wk.stride(1), y.stride(0),
                 y.stride(1), 1, 1, 1, 1e-5, partials, counters, **meta)
         return y

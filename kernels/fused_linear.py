@@ -83,10 +83,10 @@ def mma(a, b, acc, DOT: tl.constexpr):
 
 
 @triton.jit
-def epilogue(acc, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps,
-             EPILOGUE: tl.constexpr):
-    """EPILOGUE(acc + bias) in fp32. Per-column vectors are folded into one scale and one shift
-    first, so only two of them stay live beside the accumulator (register pressure)."""
+def epilogue_vectors(offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps,
+                     EPILOGUE: tl.constexpr):
+    """The per-column vectors EPILOGUE needs, folded into one scale and one shift (bias-only epilogues: the shift is
+    the bias, the scale unused), so only two of them stay live beside the accumulator (register pressure)."""
     col_ok = offs_n < N
     bias = tl.load(bias_ptr + offs_n, mask=col_ok & (has_bias != 0), other=0.0)
     if EPILOGUE == "bn_gelu_relu":
@@ -95,10 +95,26 @@ def epilogue(acc, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, h
         gamma = tl.load(gamma_ptr + offs_n, mask=col_ok & (has_gamma != 0), other=1.0)
         beta = tl.load(beta_ptr + offs_n, mask=col_ok & (has_beta != 0), other=0.0)
         scale = tl.div_rn(gamma, tl.sqrt_rn(var + eps))
-        shift = beta + (bias - mean) * scale  # batch_norm(acc + bias) = acc * scale + shift
+        return scale, beta + (bias - mean) * scale  # batch_norm(acc + bias) = acc * scale + shift
+    return bias, bias
+
+
+@triton.jit
+def apply_epilogue(acc, scale, shift, EPILOGUE: tl.constexpr):
+    """EPILOGUE in fp32 on acc, given epilogue_vectors' scale and shift for its columns."""
+    if EPILOGUE == "bn_gelu_relu":
         return relu_gelu(acc * scale[None, :] + shift[None, :])  # its result is relu'd already
     # relu; NaN propagates as in torch.relu
-    return tl.maximum(acc + bias[None, :], 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return tl.maximum(acc + shift[None, :], 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def epilogue(acc, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps,
+             EPILOGUE: tl.constexpr):
+    """EPILOGUE(acc + bias) in fp32 for the columns offs_n."""
+    scale, shift = epilogue_vectors(offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma,
+                                    has_beta, eps, EPILOGUE)
+    return apply_epilogue(acc, scale, shift, EPILOGUE)
 
 
 # Under the JIT (bench.tune, bench.probe) M and the has_* flags stay runtime values, as in the AOT build: Triton

@@ -146,33 +146,47 @@ def test_register_a_wgmma_left_in_flight_fails_the_build(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "cuobjdump", lambda: str(fake))
 
     def sass(*lines):
-        fake.write_text("#!/bin/sh\ncat <<'EOF'\n" + "\n".join(f"        /*0{i}0*/  {line} ;" for i, line in
+        fake.write_text("#!/bin/sh\ncat <<'EOF'\n" + "\n".join(f"        /*{16 * i:04x}*/  {line} ;" for i, line in
                                                               enumerate(lines)) + "\nEOF\n")
         fake.chmod(0o755)
         return build.read_wgmma_register_hazard(tmp_path / "k.cubin", "wgmma.mma_async.sync.aligned ...")
 
-    pipelined = "WARPGROUP.DEPBAR.LE gsb0, 0x1"
-    assert sass("HGMMA.64x256x16.F32 R24, R152, gdesc[UR36], R24, gsb0", pipelined).endswith("leaves 1 in flight")
-    assert sass("HGMMA.64x256x16.F32 R24, R152, gdesc[UR36], R24, gsb0", "WARPGROUP.DEPBAR.LE gsb0, 0x0") is None
-    assert sass("HGMMA.64x256x16.F32 R24, gdesc[UR4], R24, gsb0", pipelined) is None  # A from shared memory
+    convert = "F2FP.F16.F32.PACK_AB R{}, R1, R2"
+    wgmma = "HGMMA.64x256x16.F32 R24, R{}, gdesc[UR4], R24, gsb0"
+    one_in_flight, none_in_flight, loop_back = "WARPGROUP.DEPBAR.LE gsb0, 0x1", "WARPGROUP.DEPBAR.LE gsb0, 0x0", \
+        "@P0 BRA 0x0"
+    # Triton's pipelined loop: the next turn rounds new A values into the registers of the wgmma still in flight
+    assert "overwrites before a wait retires it" in sass(convert.format(152), wgmma.format(152), one_in_flight,
+                                                          loop_back, none_in_flight, "EXIT")
+    # two register sets, each written only after the wait that retires the wgmma reading it (fused_linear_gluon)
+    assert sass(convert.format(152), wgmma.format(152), one_in_flight, convert.format(160), wgmma.format(160),
+                one_in_flight, loop_back, none_in_flight, "EXIT") is None
+    # the same two sets with the second conversion hoisted above the first wait: the first set is still in flight
+    assert sass(convert.format(152), wgmma.format(152), convert.format(152), one_in_flight, loop_back,
+                none_in_flight, "EXIT") is not None
+    assert sass(convert.format(152), wgmma.format(152), none_in_flight, loop_back, "EXIT") is None  # serialised
+    assert sass(convert.format(152), "HGMMA.64x256x16.F32 R24, gdesc[UR4], R24, gsb0", one_in_flight, loop_back,
+                "EXIT") is None  # A from shared memory
+    assert sass(wgmma.format(152), "BRX R4 -0x10", "EXIT").startswith("SASS not analysable")
     assert build.read_wgmma_register_hazard(tmp_path / "k.cubin", "mma.sync.aligned ...") is None  # no wgmma
-    bad = dict(MANIFEST["variants"][0], arch=90, wgmma_register_hazard="register-A HGMMA with a wait that leaves 1 "
-               "in flight", spills=False, static_shared_bytes=0, tuning_table="sm_90.json")
+    bad = dict(MANIFEST["variants"][0], arch=90, wgmma_register_hazard="register-A HGMMA at 0x10 reads R152-R155, "
+               "which F2FP.F16.F32.PACK_AB at 0x0 overwrites before a wait retires it", spills=False, static_shared_bytes=0, tuning_table="sm_90.json")
     with pytest.raises(SystemExit, match="wrong results possible"):
         build.check_limits([bad])
 
 
 def test_hazard_check_flags_real_compiler_output(tmp_path):
-    """The SASS check on real output of the Triton here: the persistent TMA kernel taking fp32 x rounded to fp16 in
-    registers, not flattened, keeps a register-A wgmma in flight across the next conversion (triton 3.6 and 3.8
-    alike, PERF_NOTES.md v19); the tiled variant the sm_90 table ships for the same op does not."""
+    """The SASS check on real output of the Triton here: Triton's persistent TMA kernel taking fp32 x rounded to fp16
+    in registers, not flattened, keeps a register-A wgmma in flight across the next conversion (triton 3.6 and 3.8
+    alike, PERF_NOTES.md v19); the Gluon kernel the sm_90 table ships for the same op keeps one in flight too, but
+    rounds the next k-step into the other register set (v25), and passes."""
     pytest.importorskip("triton")
     from aot import build
     shipped = next(v for v in MANIFEST["variants"] if (v["arch"], v["op"], v["precision"], v["layout"], v["kernel"])
-                   == (90, "linear_relu", "fp32_fp16", "aligned", "tiled") and v["config"]["WEIGHT_FP16"])
-    assert shipped["wgmma_register_hazard"] is None and shipped["wgmma_serial_reason"]  # waits for each wgmma
+                   == (90, "linear_relu", "fp32_fp16", "aligned", "wgmma"))
+    assert shipped["wgmma_register_hazard"] is None and shipped["wgmma_serial_reason"] is None
     pipelined = dict(shipped, kernel="tma", name="hazard_probe",
-                     config=dict(shipped["config"], FLATTEN=0, WARP_SPECIALIZE=0, EPILOGUE_SLICES=1))
+                     config=dict(shipped["config"], num_stages=3, FLATTEN=0, WARP_SPECIALIZE=0, EPILOGUE_SLICES=1))
     built = build.compile_variant(pipelined, str(tmp_path))
-    assert built["wgmma_register_hazard"]
+    assert "overwrites before a wait retires it" in built["wgmma_register_hazard"]
     assert built["wgmma_serial_reason"] is None  # ptxas's report came through: it pipelines this one
