@@ -153,14 +153,18 @@ GROUPS = {
     ]),
     # the Gluon kernel: explicit wgmma waits, two A register sets (kernels/fused_linear_gluon.py; session 5)
     "p41_fp32_fp16_wgmma": ("linear_bn_gelu_relu", *P41, torch.float32, "fp16", [
-        ("tiled 128x256x32 w8 s3, w16 (table)", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
+        ("tiled 128x256x32 w8 s3, w16 (previous table)", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
+        ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
+        ("AOT op (torch.ops.fusedops)", AOT),
         ("wgmma 128x256x32 w8 s4", wgmma(128, 256, 32, 8, 4)),
         ("wgmma 128x256x32 w8 s5", wgmma(128, 256, 32, 8, 5)),
         ("wgmma 128x256x32 w8 s6", wgmma(128, 256, 32, 8, 6)),
         ("wgmma 128x256x32 w8 s6 g16", wgmma(128, 256, 32, 8, 6, group=16)),
     ]),
     "p41_relu_fp32_fp16_wgmma": ("linear_relu", *P41, torch.float32, "fp16", [
-        ("tiled 128x256x32 w8 s3, w16 (table)", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
+        ("tiled 128x256x32 w8 s3, w16 (previous table)", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
+        ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
+        ("AOT op (torch.ops.fusedops)", AOT),
         ("wgmma 128x256x32 w8 s4", wgmma(128, 256, 32, 8, 4)),
         ("wgmma 128x256x32 w8 s6", wgmma(128, 256, 32, 8, 6)),
     ]),

@@ -5,11 +5,11 @@
 Why Gluon: x's tiles must be rounded to fp16 on their way to the tensor cores, so wgmma takes A from registers.
 PTX forbids writing those registers while a wgmma that reads them is in flight, and Triton's own pipeliner either
 waits for every wgmma (ptxas serialises: tensor cores idle between k-steps) or lets the next k-step overwrite them
-(undefined: NaN seen on the H100; PERF_NOTES.md v18, v19). Here the waits are explicit: two k-steps per loop turn
-with A in two separate register sets, and `wait(1)` after each wgmma, so one wgmma stays in flight while the next
-k-step's tile is loaded and rounded into the *other* set.
+(undefined: NaN seen on the H100; PERF_NOTES.md v18, v19). Here the waits are explicit: IN_FLIGHT + 1 k-steps per
+loop turn, each rounding its x tile into its own register set, and `wait(IN_FLIGHT)` after each wgmma, so IN_FLIGHT
+wgmmas stay in flight while the next k-step's tile is loaded and rounded into a set none of them reads.
 
-Persistent programs walk the output tiles num_sms apart; TMA loads run STAGES - 1 k-steps ahead across tile
+Persistent programs walk the output tiles num_sms apart; TMA loads run STAGES - IN_FLIGHT k-steps ahead across tile
 boundaries, so the next tile's first tiles land while this tile's epilogue runs.
 """
 from kernels import fused_linear
@@ -20,6 +20,11 @@ from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma_wait
 
 # Named gl.thread_barrier in triton 3.6, gl.barrier in 3.8: a CTA-wide bar.sync either way.
 cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+# wgmmas left running while the next k-step's x tile is rounded. 2 (three register sets) makes ptxas serialise every
+# wgmma on triton 3.6 and 3.8 ("non wgmma instructions defining input registers of a wgmma between start and end of
+# the pipeline stage"), which is slower still (PERF_NOTES.md v26).
+IN_FLIGHT = gl.constexpr(1)
+
 
 @gluon.jit
 def epilogue_store(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
@@ -69,14 +74,15 @@ def load_step(step, k, off_m, off_n, tile_id, total_steps, k_extent, num_sms, M,
 
 
 @gluon.jit
-def mma_step(step, acc, x_bufs, w_bufs, ready, STAGES: gl.constexpr, a_layout: gl.constexpr):
-    """Wait for k-step `step`'s tiles, round x's to fp16 into registers, start its wgmma, and return once the
-    previous k-step's wgmma (the one reading the other register set) has finished."""
+def mma_step(step, acc, x_bufs, w_bufs, ready, STAGES: gl.constexpr, IN_FLIGHT: gl.constexpr,
+             a_layout: gl.constexpr):
+    """Wait for k-step `step`'s tiles, round x's to fp16 into registers, start its wgmma, and return once at most
+    IN_FLIGHT wgmmas are still running (none of them reads the registers the next k-step will write)."""
     slot = step % STAGES
     mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
     a = x_bufs.index(slot).load(a_layout).to(gl.float16)
     acc = warpgroup_mma(a, w_bufs.index(slot).permute((1, 0)), acc, is_async=True)
-    return warpgroup_mma_wait(num_outstanding=1, deps=[acc])
+    return warpgroup_mma_wait(num_outstanding=IN_FLIGHT, deps=[acc])
 
 
 @gluon.jit(do_not_specialize=["M", "has_bias", "has_gamma", "has_beta"])
@@ -93,7 +99,8 @@ def fused_linear_wgmma_kernel(
     STAGES: gl.constexpr,
 ):
     gl.static_assert(DOT == "fp16", "fused_linear_wgmma_kernel serves fp32 x on fp16 tensor cores only")
-    gl.static_assert(BLOCK_K * 4 <= 128, "an fp32 x tile row must fit one 128-byte TMA swizzle span")
+    gl.static_assert(IN_FLIGHT < STAGES, "each wgmma in flight holds a pipeline slot")
+    SETS: gl.constexpr = IN_FLIGHT + 1  # A register sets, one per k-step of a loop turn
     num_warps: gl.constexpr = gl.num_warps()
     # Accumulator: wgmma's layout, warps stacked along M (one warpgroup per 64 rows).
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
@@ -116,34 +123,30 @@ def fused_linear_wgmma_kernel(
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     first_tile = gl.program_id(0)
     my_tiles = gl.cdiv(num_tiles - first_tile, num_sms)
-    # k-steps per tile, rounded up to even (two per loop turn); TMA zero-fills the extra one past K.
-    k_steps = gl.cdiv(K, 2 * BLOCK_K) * 2
+    # k-steps per tile, rounded up to a whole loop turn; TMA zero-fills the extra ones past K.
+    k_steps = gl.cdiv(K, SETS * BLOCK_K) * SETS
     k_extent = k_steps * BLOCK_K
     total_steps = my_tiles * k_steps
-    # the producer's position (loads run STAGES - 1 k-steps ahead of the wgmmas)
+    # the producer's position (loads run STAGES - IN_FLIGHT k-steps ahead of the wgmmas)
     p_off_m, p_off_n = tile_origin(first_tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     zero = first_tile * 0  # (a runtime 0: the producer's fields are loop-carried values)
     producer = (zero, zero, p_off_m, p_off_n, first_tile)
-    for _prologue in gl.static_range(STAGES - 1):
+    for _prologue in gl.static_range(STAGES - IN_FLIGHT):
         producer = load_step(*producer, total_steps, k_extent, num_sms, M, N, x_desc, w_desc, x_bufs, w_bufs, ready,
                              STAGES, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
     step = 0
     for t in range(my_tiles):
         acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, acc_layout)
-        for _pair in range(k_steps // 2):
-            # Each mma_step's A lives in its own registers; its wait(1) retires the other one's wgmma.
-            acc = mma_step(step, acc, x_bufs, w_bufs, ready, STAGES, a_layout)
-            # Every warpgroup has now finished the wgmma of step - 1 and every warp has read its x tile:
-            # that slot may be refilled.
-            cta_barrier()
-            producer = load_step(*producer, total_steps, k_extent, num_sms, M, N, x_desc, w_desc, x_bufs, w_bufs,
-                                 ready, STAGES, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-            acc = mma_step(step + 1, acc, x_bufs, w_bufs, ready, STAGES, a_layout)
-            cta_barrier()
-            producer = load_step(*producer, total_steps, k_extent, num_sms, M, N, x_desc, w_desc, x_bufs, w_bufs,
-                                 ready, STAGES, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-            step += 2
+        for _turn in range(k_steps // SETS):
+            for j in gl.static_range(SETS):  # unrolled: each k-step's A is its own value, so its own registers
+                acc = mma_step(step + j, acc, x_bufs, w_bufs, ready, STAGES, IN_FLIGHT, a_layout)
+                # Every warpgroup has now retired the wgmma of step + j - IN_FLIGHT and every warp has read its x
+                # tile: that slot may be refilled.
+                cta_barrier()
+                producer = load_step(*producer, total_steps, k_extent, num_sms, M, N, x_desc, w_desc, x_bufs,
+                                     w_bufs, ready, STAGES, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+            step += SETS
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
         off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         # The epilogue goes by quarters of the tile's columns: a whole row of per-column vectors (5 loaded, 2

@@ -112,6 +112,35 @@ def test_knob_values_are_checked_and_named(monkeypatch):
     table_with({"CTAS_PER_SM": 2, "EPILOGUE_SLICES": 4}, kernel="tma")
     variants, _ = build.plan_variants([90])
     assert any(v["name"].endswith("_epilogue_slices4_ctas_per_sm2") for v in variants)
+    # the Gluon kernel serves fp32 x on fp16 tensor cores only (this rule is TF32), with the weight rounded once
+    table_with({"WEIGHT_FP16": 1}, kernel="wgmma")
+    with pytest.raises(SystemExit, match="KERNEL 'wgmma' serves DOT"):
+        build.plan_variants([90])
+
+
+def test_gluon_kernel_rules_are_checked():
+    """The wgmma kernel needs WEIGHT_FP16=1 and Hopper's wgmma (sm_90 only): a table asking otherwise fails the plan."""
+    import json
+
+    from aot import build
+    source, original = build.load_tuning_table(90)
+    shipped = next(r for r in original["rules"]["fp32_fp16"] if r["config"].get("KERNEL") == "wgmma")
+
+    def plan_with(config_update, arch=90):
+        table = json.loads(json.dumps(original))
+        rule = next(r for r in table["rules"]["fp32_fp16"] if r["config"].get("KERNEL") == "wgmma")
+        rule["config"].update(config_update)
+        build_tables = lambda a: (source, table)  # noqa: E731
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(build, "load_tuning_table", build_tables)
+            return build.plan_variants([arch])
+
+    variants, _ = plan_with({})
+    assert any(v["kernel"] == "wgmma" and v["config"]["BLOCK_K"] == shipped["config"]["BLOCK_K"] for v in variants)
+    with pytest.raises(SystemExit, match="needs WEIGHT_FP16=1"):
+        plan_with({"WEIGHT_FP16": 0})
+    with pytest.raises(SystemExit, match="cannot serve the aligned layout on sm_100"):
+        plan_with({}, arch=100)
 
 
 def test_two_programs_per_sm_must_fit_one_sm():
