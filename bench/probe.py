@@ -168,6 +168,26 @@ GROUPS = {
         ("wgmma 128x256x32 w8 s4", wgmma(128, 256, 32, 8, 4)),
         ("wgmma 128x256x32 w8 s6", wgmma(128, 256, 32, 8, 6)),
     ]),
+    # the mid bucket's worst sweep points (M 256, session 5): one table rule serves every N there
+    "m256_n8192_half": ("linear_relu", 256, 8192, 8192, torch.float16, "native", [
+        ("tiled 128x64x64 w4 s4 (table mid)", cfg(128, 64, 64, 4, 4)),
+        ("tiled 128x128x64 w8 s4", cfg(128, 128, 64, 8, 4)),
+        ("tiled 128x128x64 w4 s4", cfg(128, 128, 64, 4, 4)),
+        ("tiled 64x256x64 w4 s4", cfg(64, 256, 64, 4, 4)),
+        ("tiled 128x256x64 w8 s3", cfg(128, 256, 64, 8, 3)),
+        ("tma 128x128x64 w8 s4", tma(128, 128, 64, 8, 4)),
+        ("tma 128x256x64 w8 s3 (table big)", tma(128, 256, 64, 8, 3)),
+        ("tma 64x256x64 w4 s3", tma(64, 256, 64, 4, 3)),
+    ]),
+    "m256_n4096_half": ("linear_relu", 256, 4096, 4096, torch.float16, "native", [
+        ("tiled 128x64x64 w4 s4 (table mid)", cfg(128, 64, 64, 4, 4)),
+        ("tiled 64x128x64 w4 s4", cfg(64, 128, 64, 4, 4)),
+        ("tiled 128x128x64 w4 s4 split 2", cfg(128, 128, 64, 4, 4, SPLIT_K=2)),
+        ("tiled 128x64x64 w4 s4 split 2", cfg(128, 64, 64, 4, 4, SPLIT_K=2)),
+        ("tiled 64x64x64 w4 s4", cfg(64, 64, 64, 4, 4)),
+        ("tma 64x128x64 w4 s4", tma(64, 128, 64, 4, 4)),
+        ("tma 128x128x64 w8 s4", tma(128, 128, 64, 8, 4)),
+    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -180,7 +200,8 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p41_tf32_ctas": "mm", "p41_fp32_fp16_ctas": "mm16", "p76_aot_vs_jit": "lt_relu",
     "p76_tf32_flat": "lt_relu", "p41_half_flat": "mm",
     "p41_fp32_fp16_tiled": "mm16", "p76_half": "mm", "p41_group_m": "mm", "p76_group_m": "mm",
-    "p41_fp32_fp16_wgmma": "mm16", "p41_relu_fp32_fp16_wgmma": "mm16",
+    "p41_fp32_fp16_wgmma": "mm16", "p41_relu_fp32_fp16_wgmma": "mm16", "m256_n8192_half": "mm",
+    "m256_n4096_half": "mm",
 }
 
 

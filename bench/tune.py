@@ -38,7 +38,10 @@ BUCKETS = {
     "skinny": (64, None, [(16, 4096, 4096), (64, 4096, 4096), (16, 8192, 8192), (64, 1024, 4096), (1, 4096, 4096)]),
     # few output tiles (M x N small, K long): big tiles would leave most of the SMs idle
     "narrow": (1024, 1024, [(256, 1024, 4096), (1024, 1024, 4096), (512, 1024, 1024)]),
-    "mid": (512, None, [(256, 4096, 4096), (256, 8192, 8192), (256, 4096, 1024), (512, 4096, 1024)]),
+    "mid": (512, 4096, [(256, 4096, 4096), (256, 4096, 1024), (512, 4096, 1024)]),
+    # wide N at mid M: enough output tiles for bigger ones (M 256 x N 8192: 128x64 tiles 1.41x cuBLAS, 128x128
+    # 1.17x on the H200, PERF_NOTES.md v28)
+    "mid_wide": (512, None, [(256, 8192, 8192), (128, 8192, 8192), (512, 8192, 8192)]),
     "big": (None, None, [(16384, 4096, 4096), (1024, 8192, 8192), (4096, 4096, 4096), (4096, 1024, 4096),
                          (16384, 4096, 1024)]),
 }
@@ -118,12 +121,14 @@ IEEE_NARROW = [cfg(64, 64, 32, 4, 3), cfg(32, 64, 32, 4, 3), cfg(64, 32, 32, 4, 
 IEEE_BIG = [cfg(64, 64, 32, 4, 3), cfg(128, 128, 32, 8, 3), cfg(128, 128, 16, 8, 3), cfg(128, 64, 32, 4, 3),
             cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2)]
 CANDIDATES = {  # key -> (dtype of x, the kernel's DOT, {bucket: candidate configs})
-    "half": (torch.float16, "native", dict(skinny=SKINNY, narrow=HALF_NARROW, mid=HALF_MID, big=HALF_BIG)),
-    "fp32_tf32": (torch.float32, "tf32", dict(skinny=SKINNY_FP32, narrow=FP32_NARROW, mid=FP32_MID, big=FP32_BIG)),
+    "half": (torch.float16, "native", dict(skinny=SKINNY, narrow=HALF_NARROW, mid=HALF_MID, mid_wide=HALF_MID,
+                                           big=HALF_BIG)),
+    "fp32_tf32": (torch.float32, "tf32", dict(skinny=SKINNY_FP32, narrow=FP32_NARROW, mid=FP32_MID, mid_wide=FP32_MID,
+                                              big=FP32_BIG)),
     "fp32_fp16": (torch.float32, "fp16", dict(skinny=SKINNY_FP32, narrow=FP32_NARROW, mid=FP32_MID,
-                                              big=FP32_FP16_BIG)),
+                                              mid_wide=FP32_MID, big=FP32_FP16_BIG)),
     "fp32_ieee": (torch.float32, "ieee", dict(skinny=IEEE_SKINNY, narrow=IEEE_NARROW, mid=IEEE_NARROW + IEEE_BIG[1:],
-                                              big=IEEE_BIG)),
+                                              mid_wide=IEEE_NARROW + IEEE_BIG[1:], big=IEEE_BIG)),
 }
 
 

@@ -42,7 +42,7 @@ def epilogue_store(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr
                                                  eps, EPILOGUE)
     out = fused_linear.apply_epilogue(acc, gl.convert_layout(scale, columns), gl.convert_layout(shift, columns),
                                       EPILOGUE)
-    rows = gl.expand_dims((off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc.type.layout))).to(gl.int64), 1)
+    rows = gl.expand_dims(tile_rows(off_m, BLOCK_M, gl.SliceLayout(1, acc.type.layout)).to(gl.int64), 1)
     cols = gl.expand_dims(off_n + gl.arange(0, COLS, layout=columns), 0)
     gl.store(y_ptr + rows * stride_ym + cols, out, mask=(rows < M) & (cols < N))
 
@@ -74,13 +74,32 @@ def load_step(step, k, off_m, off_n, tile_id, total_steps, k_extent, num_sms, M,
 
 
 @gluon.jit
+def conflict_free_rows(x_tile):
+    """x_tile [BLOCK_M, BLOCK_K] viewed with its rows reordered so that the wgmma A layout's shared loads are free of
+    bank conflicts: within each 16-row slab, A-layout row 8h + l reads tile row 2l + h. In tile order, the 64-bit
+    loads of a half warp (A rows l = 0..3) hit rows 0-3, whose 128-byte swizzle pairs them on the same banks (2-way
+    conflicts, half the x loads' wavefronts wasted: PERF_NOTES.md v27); rows 0, 2, 4, 6 land on distinct banks.
+    The accumulator's rows come out in the same order: tile_rows gives each one's row of x and y."""
+    BLOCK_M: gl.constexpr = x_tile.shape[0]
+    BLOCK_K: gl.constexpr = x_tile.shape[1]
+    return x_tile.reshape([BLOCK_M // 16, 8, 2, BLOCK_K]).permute([0, 2, 1, 3]).reshape([BLOCK_M, BLOCK_K])
+
+
+@gluon.jit
+def tile_rows(off_m, BLOCK_M: gl.constexpr, layout: gl.constexpr):
+    """The row of x (and y) behind each accumulator row, for conflict_free_rows' order."""
+    i = gl.arange(0, BLOCK_M, layout=layout)
+    return off_m + (i // 16) * 16 + (i % 8) * 2 + (i % 16) // 8
+
+
+@gluon.jit
 def mma_step(step, acc, x_bufs, w_bufs, ready, STAGES: gl.constexpr, IN_FLIGHT: gl.constexpr,
              a_layout: gl.constexpr):
     """Wait for k-step `step`'s tiles, round x's to fp16 into registers, start its wgmma, and return once at most
     IN_FLIGHT wgmmas are still running (none of them reads the registers the next k-step will write)."""
     slot = step % STAGES
     mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
-    a = x_bufs.index(slot).load(a_layout).to(gl.float16)
+    a = conflict_free_rows(x_bufs.index(slot)).load(a_layout).to(gl.float16)
     acc = warpgroup_mma(a, w_bufs.index(slot).permute((1, 0)), acc, is_async=True)
     return warpgroup_mma_wait(num_outstanding=IN_FLIGHT, deps=[acc])
 
