@@ -156,6 +156,8 @@ GROUPS = {
         ("tiled 128x256x32 w8 s3, w16 (previous table)", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
         ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
         ("AOT op (torch.ops.fusedops)", AOT),
+        ("wgmma 128x256x64 w8 s3 g4", wgmma(128, 256, 64, 8, 3, group=4)),
+        ("wgmma 128x256x64 w8 s3 g16", wgmma(128, 256, 64, 8, 3, group=16)),
         ("wgmma 128x256x32 w8 s4", wgmma(128, 256, 32, 8, 4)),
         ("wgmma 128x256x32 w8 s5", wgmma(128, 256, 32, 8, 5)),
         ("wgmma 128x256x32 w8 s6", wgmma(128, 256, 32, 8, 6)),
