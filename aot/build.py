@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from aot import spec  # noqa: E402
 
-CACHE_FORMAT = "6"  # bump when the compile recipe below changes
+CACHE_FORMAT = "7"  # bump when the compile recipe or what is read from its output changes
 
 
 def load_tuning_table(arch):
@@ -45,10 +45,13 @@ def plan_variants(archs):
     def variant_for(arch, op, precision, layout, config):
         kernel = config.get("KERNEL", "tiled")
         kernel_spec = spec.KERNELS.get(kernel)
-        if (kernel_spec is None or layout not in kernel_spec["layouts"] or arch < kernel_spec["min_arch"]
-                or arch > (kernel_spec["max_arch"] or arch)):
+        if kernel_spec is None or layout not in kernel_spec["layouts"] or arch < kernel_spec["min_arch"]:
             raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} cannot serve the {layout} layout on "
                              f"sm_{arch} (kernels: {spec.KERNELS})")
+        if arch > (kernel_spec["max_arch"] or arch):
+            raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} runs on sm_{kernel_spec['max_arch']} at "
+                             f"most ({op} {precision}); sm_{arch} needs a table of its own, "
+                             f"aot/tuning/sm_{arch}.json (a table of another arch is used when it has none)")
         if kernel_spec["dots"] is not None and spec.PRECISIONS[precision][1] not in kernel_spec["dots"]:
             raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} serves DOT {kernel_spec['dots']} only; "
                              f"{op} {precision} asks for it")
@@ -61,10 +64,10 @@ def plan_variants(archs):
         if knobs["WEIGHT_FP16"] and spec.PRECISIONS[precision][1] != "fp16":
             raise SystemExit(f"tuning table for sm_{arch}: WEIGHT_FP16 applies only to precisions whose kernel "
                              f"computes in fp16 (fp32_fp16); {op} {precision} asks for it")
-        for name, value in kernel_spec.get("requires", {}).items():
+        for name, value in kernel_spec["requires"].items():
             if knobs[name] != value:
-                raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} needs {name}={value}; {op} {precision} "
-                                 f"has {knobs[name]}")
+                raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} needs {name}={value}; "
+                                 f"{op} {precision} has {knobs[name]}")
         if knobs["CTAS_PER_SM"] != 1 and not kernel_spec["persistent"]:
             raise SystemExit(f"tuning table for sm_{arch}: CTAS_PER_SM applies only to persistent kernels; "
                              f"{op} {precision} sets it on KERNEL {kernel!r}")
@@ -105,10 +108,7 @@ def plan_variants(archs):
 
 def kernel_signature(kernel_kind, precision, layout, weight_fp16=False):
     """Triton function, signature, constexprs and divisibility attributes for one variant."""
-    import importlib
-
-    module = importlib.import_module(spec.KERNELS[kernel_kind]["source"][:-3].replace("/", "."))
-    kernel = getattr(module, spec.KERNELS[kernel_kind]["function"])
+    kernel = spec.kernel_function(kernel_kind)
     elem = spec.PRECISIONS[precision][0]
     layout_spec = spec.LAYOUTS[layout]
     names = kernel.arg_names
@@ -131,8 +131,7 @@ def compile_variant(variant, cache_dir):
     constexprs = dict(constexprs, EPILOGUE=spec.OPS[variant["op"]], DOT=spec.PRECISIONS[variant["precision"]][1],
                       **{k: config[k] for k in spec.TILE_KEYS},
                       **{k: spec.knob_constexpr(k, config[k]) for k in spec.KERNELS[variant["kernel"]]["knobs"]})
-    if spec.KERNELS[variant["kernel"]]["stages_constexpr"]:
-        constexprs["STAGES"] = config["num_stages"]
+    constexprs.update(spec.pipeline_constexprs(variant["kernel"], config))
     full_signature = {n: ("constexpr" if n in constexprs else signature[n]) for n in names}
     runtime_args = [n for n in names if n not in constexprs]
 
@@ -246,6 +245,7 @@ def read_wgmma_register_hazard(cubin, ptx):
 SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 HGMMA_REGISTER_A = re.compile(r"HGMMA\.\S+ R\d+, R(\d+), ")
 HGMMA_A_REGISTERS = 4  # an m64 x k(32 bytes) A fragment: 4 registers per thread, whatever the element type
+PREDICATE_OPERAND = re.compile(r"!?U?P(T|\d+)$")
 
 
 def sass_instructions(sass):
@@ -262,28 +262,57 @@ def sass_instructions(sass):
 
 
 def written_registers(opcode, operands):
-    """The R registers an instruction writes: SASS names its destination first (stores name an address)."""
-    m = re.match(r"R(\d+)\b", operands)
-    if not m or opcode.startswith("HGMMA"):  # (HGMMA writes its accumulator, never another wgmma's A)
+    """The R registers an instruction writes. SASS names destinations first: predicate outputs (P0, PT) and then the
+    register (stores and branches name an address or a target); compares (*SETP*) write predicates only. Widths
+    come from the opcode; HGMMA writes its accumulator, never another wgmma's A."""
+    if "SETP" in opcode or opcode.startswith("HGMMA"):
         return range(0)
-    width = 4 if ".128" in opcode else 2 if (".64" in opcode or ".WIDE" in opcode or opcode.startswith("D")) else 1
+    fields = [f.strip() for f in operands.split(",")]
+    while fields and PREDICATE_OPERAND.match(fields[0]):
+        fields.pop(0)
+    m = re.fullmatch(r"R(\d+)(\.\w+)?", fields[0]) if fields else None
+    if not m:
+        return range(0)
+    if ".128" in opcode or (opcode.startswith("LDSM") and opcode.endswith(".4")) or (
+            opcode.startswith(("HMMA", "IMMA")) and ".F32" in opcode):
+        width = 4
+    elif any(t in opcode for t in (".64", ".WIDE", "F64", "S64", "U64")) or opcode.startswith(("D", "HMMA", "IMMA")) \
+            or (opcode.startswith("LDSM") and opcode.endswith(".2")):
+        width = 2
+    else:
+        width = 1
     return range(int(m.group(1)), int(m.group(1)) + width)
 
 
 def find_wgmma_register_hazard(sass):
-    """find_wgmma_register_hazard's walk over a cuobjdump SASS listing (see read_wgmma_register_hazard)."""
-    code = sass_instructions(sass)
+    """read_wgmma_register_hazard's walk, over a cuobjdump SASS listing (each function on its own)."""
+    for function in re.split(r"\n\s*Function : ", sass):
+        hazard = function_wgmma_register_hazard(sass_instructions(function))
+        if hazard:
+            return hazard
+    return None
+
+
+def function_wgmma_register_hazard(code):
     at = {address: i for i, (address, *_) in enumerate(code)}
+
+    def target(i):
+        _, _, opcode, operands = code[i]
+        t = re.search(r"0x([0-9a-f]+)\s*$", operands)
+        if t is None or int(t.group(1), 16) not in at:
+            raise ValueError(f"unreadable target: {opcode} {operands}")
+        return at[int(t.group(1), 16)]
 
     def successors(i):
         _, predicate, opcode, operands = code[i]
-        if opcode in ("EXIT", "RET") or opcode.startswith("RET."):
-            return [i + 1] if predicate else []
+        if opcode in ("EXIT", "RET") or opcode.startswith(("EXIT.", "RET.")):
+            return [i + 1] if predicate else []  # (a callee's RET: the caller's next instruction is walked anyway)
         if opcode.startswith("BRA"):
-            target = re.search(r"0x([0-9a-f]+)", operands)
-            if target is None or int(target.group(1), 16) not in at:
-                raise ValueError(f"unreadable branch {opcode} {operands}")
-            return [at[int(target.group(1), 16)]] + ([i + 1] if predicate else [])
+            # conditional: a guard predicate, or a condition among the operands (BRA.U !UP0, BRA.DIV UR4, ...)
+            conditional = predicate or "," in operands
+            return [target(i)] + ([i + 1] if conditional else [])
+        if opcode.startswith("CALL"):
+            return [target(i), i + 1]  # the callee's writes count; then on after the call
         if opcode.startswith(("BRX", "JMX", "JMP")):
             raise ValueError(f"indirect branch {opcode} {operands}")
         return [i + 1]

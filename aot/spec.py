@@ -9,19 +9,31 @@ import os
 # main-loop kind (a tuning-table config's "KERNEL", default "tiled") -> its source file, function and limits.
 # "knobs": extra constexprs a config may set, with their defaults (values: KNOB_VALUES, else 0/1).
 # "dots": the DOT values it serves (None: all); "max_arch": newest arch it runs on (None: any);
-# "stages_constexpr": the config's num_stages goes to the kernel as STAGES (Gluon kernels pipeline by hand).
+# "stages_constexpr": the config's num_stages goes to the kernel as STAGES (Gluon kernels pipeline by hand);
+# "requires": launcher knobs (LAUNCHER_KNOBS) a config of this kernel must set to these values.
 KERNELS = {
     "tiled": {"source": "kernels/fused_linear.py", "function": "fused_linear_kernel",
               "layouts": ("aligned", "generic"), "min_arch": 80, "max_arch": None, "dots": None,
-              "persistent": False, "stages_constexpr": False, "knobs": {"SPLIT_K": 1}},
+              "persistent": False, "stages_constexpr": False, "knobs": {"SPLIT_K": 1}, "requires": {}},
     "tma": {"source": "kernels/fused_linear.py", "function": "fused_linear_tma_kernel", "layouts": ("aligned",),
             "min_arch": 90, "max_arch": None, "dots": None, "persistent": True, "stages_constexpr": False,
-            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SLICES": 1}},
+            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SLICES": 1}, "requires": {}},
     # fp32 x on fp16 tensor cores with explicit wgmma waits (Hopper's wgmma only; the weight arrives in fp16)
     "wgmma": {"source": "kernels/fused_linear_gluon.py", "function": "fused_linear_wgmma_kernel",
               "layouts": ("aligned",), "min_arch": 90, "max_arch": 90, "dots": ("fp16",), "persistent": True,
               "stages_constexpr": True, "knobs": {}, "requires": {"WEIGHT_FP16": 1}},
 }
+
+
+def kernel_function(kind):
+    """The (Triton or Gluon) function behind a KERNELS entry (imports its source: build time and tuning only)."""
+    import importlib
+    return getattr(importlib.import_module(KERNELS[kind]["source"][:-3].replace("/", ".")), KERNELS[kind]["function"])
+
+
+def pipeline_constexprs(kind, config):
+    """Constexprs a config's num_stages becomes for this kernel: STAGES for kernels that pipeline by hand."""
+    return {"STAGES": config["num_stages"]} if KERNELS[kind]["stages_constexpr"] else {}
 
 # op name (= torch.ops.fusedops.<name>) -> the kernel's EPILOGUE constexpr
 OPS = {

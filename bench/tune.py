@@ -92,10 +92,11 @@ FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 
             tma(128, 256, 32, 8, 3, slices=2), tma(256, 128, 32, 8, 3, slices=2)]
 # fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only. Candidates
 # whose register-A wgmma stay in flight across the conversions are refused (PERF_NOTES.md v19): with triton 3.8 that
-# is every TMA one here.
+# is every TMA one here; the Gluon kernel keeps one in flight safely (v25-v27).
 FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32, 8, 4, slices=2, w16=True),
                             tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1),
-                            cfg(128, 256, 32, 8, 4, WEIGHT_FP16=1)]
+                            cfg(128, 256, 32, 8, 4, WEIGHT_FP16=1), wgmma(128, 256, 64, 8, 3),
+                            wgmma(128, 256, 32, 8, 4), wgmma(128, 256, 32, 8, 5)]
 SKINNY_FP32 = [cfg(64, 64, 64, 4, 4), cfg(64, 32, 128, 4, 3), cfg(64, 32, 64, 4, 4), cfg(32, 32, 128, 4, 3),
                cfg(32, 32, 128, 4, 3, SPLIT_K=2), cfg(32, 32, 64, 4, 4, SPLIT_K=4), cfg(16, 64, 64, 4, 4, SPLIT_K=4)]
 # more, smaller tiles for the few-tile buckets
@@ -135,8 +136,6 @@ CANDIDATES = {  # key -> (dtype of x, the kernel's DOT, {bucket: candidate confi
 def jit_runner(op, dot, config, x, w, y, vectors):
     """A no-argument callable launching one candidate config through Triton's JIT exactly as the AOT launcher
     would: same kernel, constexprs, grid, scratch, and (WEIGHT_FP16) the per-call fp16 rounding of w."""
-    import importlib
-
     import triton
 
     M, K = x.shape
@@ -145,9 +144,8 @@ def jit_runner(op, dot, config, x, w, y, vectors):
     kernel = spec.KERNELS[kind]
     meta = dict({k: config[k] for k in spec.CONFIG_KEYS}, EPILOGUE=spec.OPS[op], DOT=dot,
                 **{k: spec.knob_constexpr(k, config.get(k, default)) for k, default in kernel["knobs"].items()})
-    if kernel["stages_constexpr"]:
-        meta["STAGES"] = config["num_stages"]
-    function = getattr(importlib.import_module(kernel["source"][:-3].replace("/", ".")), kernel["function"])
+    meta.update(spec.pipeline_constexprs(kind, config))
+    function = spec.kernel_function(kind)
     weight_fp16 = bool(config.get("WEIGHT_FP16", spec.LAUNCHER_KNOBS["WEIGHT_FP16"]))
     tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
     if kernel["persistent"]:

@@ -49,6 +49,9 @@ def epilogue_store(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr
 
 @gluon.jit
 def tile_origin(tile_id, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
+    """The tile's first row and column (fused_linear.grouped_tile's order). The producer asks for one tile past its
+    last (its loads are predicated off then): clamped, so the tile order never divides by an empty group."""
+    tile_id = gl.minimum(tile_id, gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N) - 1)
     pid_m, pid_n = fused_linear.grouped_tile(tile_id, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     return pid_m * BLOCK_M, pid_n * BLOCK_N
 
@@ -158,7 +161,9 @@ def fused_linear_wgmma_kernel(
     for t in range(my_tiles):
         acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, acc_layout)
         for _turn in range(k_steps // SETS):
-            for j in gl.static_range(SETS):  # unrolled: each k-step's A is its own value, so its own registers
+            # unrolled: each k-step's A is its own value, which ptxas keeps in its own registers while its wgmma runs
+            # (not guaranteed by anything here: the build's SASS check verifies it for every variant)
+            for j in gl.static_range(SETS):
                 acc = mma_step(step + j, acc, x_bufs, w_bufs, ready, STAGES, IN_FLIGHT, a_layout)
                 # Every warpgroup has now retired the wgmma of step + j - IN_FLIGHT and every warp has read its x
                 # tile: that slot may be refilled.

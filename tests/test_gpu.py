@@ -58,7 +58,7 @@ def odd_shapes():
     return [((1,), 1, 1), ((1,), 64, 64), ((3,), 17, 5), ((17,), 33, 100), ((100,), 130, 96),
             ((257,), 10, 1000), ((2, 3, 5), 48, 64), ((64,), 256, 4096 + 8), ((300,), 512, 512),
             ((1000,), 96, 15),
-            # 16-aligned N and K but ragged M/N tiles, in the big-M bucket (persistent TMA kernel on sm_90)
+            # 16-aligned N and K but ragged M/N tiles, in the big-M bucket (persistent TMA and Gluon kernels on sm_90)
             ((1000,), 272, 528), ((777,), 1040, 1024)]
 
 
