@@ -7,6 +7,8 @@ Two main loops share one epilogue:
                            pointer loads; any strides (all archs)
   fused_linear_tma_kernel  persistent programs walking the tiles, TMA tensor-descriptor loads and
                            stores (Hopper); unit inner strides and 16-byte-aligned rows only
+(A third, for fp32 x on fp16 tensor cores on Hopper, is written in Gluon in fused_linear_gluon.py and uses the
+epilogue and helpers here.)
 Each reads top to bottom: program id -> grouped tile order -> pointers -> K loop -> epilogue -> store.
 The epilogue is a compile-time choice (cuBLASLt-style): adding one is one branch in `epilogue`
 plus one line in aot/spec.py OPS.
@@ -196,6 +198,15 @@ def split_columns(t, ROWS: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
+def split_quarters(t, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """[ROWS, COLS] -> its four [ROWS, COLS / 4] column quarters, left to right (register renaming, as split_columns)."""
+    left, right = split_columns(t, ROWS, COLS)
+    q0, q1 = split_columns(left, ROWS, COLS // 2)
+    q2, q3 = split_columns(right, ROWS, COLS // 2)
+    return q0, q1, q2, q3
+
+
+@triton.jit
 def epilogue_store(acc, y_desc, off_m, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias,
                    has_gamma, has_beta, eps, EPILOGUE: tl.constexpr, COLS: tl.constexpr):
     """EPILOGUE on one [BLOCK_M, COLS] slice of the output tile, stored at (off_m, off_n) through TMA."""
@@ -250,10 +261,8 @@ def fused_linear_tma_kernel(
             epilogue_store(right, y_desc, off_m, off_n + SLICE_N, *vectors, EPILOGUE, SLICE_N)
         else:
             tl.static_assert(EPILOGUE_SLICES == 4, "EPILOGUE_SLICES must be 1, 2 or 4")
-            left, right = split_columns(acc, BLOCK_M, BLOCK_N)
-            s0, s1 = split_columns(left, BLOCK_M, 2 * SLICE_N)
+            s0, s1, s2, s3 = split_quarters(acc, BLOCK_M, BLOCK_N)
             epilogue_store(s0, y_desc, off_m, off_n, *vectors, EPILOGUE, SLICE_N)
             epilogue_store(s1, y_desc, off_m, off_n + SLICE_N, *vectors, EPILOGUE, SLICE_N)
-            s2, s3 = split_columns(right, BLOCK_M, 2 * SLICE_N)
             epilogue_store(s2, y_desc, off_m, off_n + 2 * SLICE_N, *vectors, EPILOGUE, SLICE_N)
             epilogue_store(s3, y_desc, off_m, off_n + 3 * SLICE_N, *vectors, EPILOGUE, SLICE_N)

@@ -96,8 +96,7 @@ def tile_rows(off_m, BLOCK_M: gl.constexpr, layout: gl.constexpr):
 
 
 @gluon.jit
-def mma_step(step, acc, x_bufs, w_bufs, ready, STAGES: gl.constexpr, IN_FLIGHT: gl.constexpr,
-             a_layout: gl.constexpr):
+def mma_step(step, acc, x_bufs, w_bufs, ready, STAGES: gl.constexpr, a_layout: gl.constexpr):
     """Wait for k-step `step`'s tiles, round x's to fp16 into registers, start its wgmma, and return once at most
     IN_FLIGHT wgmmas are still running (none of them reads the registers the next k-step will write)."""
     slot = step % STAGES
@@ -107,7 +106,7 @@ def mma_step(step, acc, x_bufs, w_bufs, ready, STAGES: gl.constexpr, IN_FLIGHT: 
     return warpgroup_mma_wait(num_outstanding=IN_FLIGHT, deps=[acc])
 
 
-@gluon.jit(do_not_specialize=["M", "has_bias", "has_gamma", "has_beta"])
+@gluon.jit(**fused_linear.JIT_LIKE_AOT)
 def fused_linear_wgmma_kernel(
     x_ptr, w_ptr, y_ptr,
     bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
@@ -164,7 +163,7 @@ def fused_linear_wgmma_kernel(
             # unrolled: each k-step's A is its own value, which ptxas keeps in its own registers while its wgmma runs
             # (not guaranteed by anything here: the build's SASS check verifies it for every variant)
             for j in gl.static_range(SETS):
-                acc = mma_step(step + j, acc, x_bufs, w_bufs, ready, STAGES, IN_FLIGHT, a_layout)
+                acc = mma_step(step + j, acc, x_bufs, w_bufs, ready, STAGES, a_layout)
                 # Every warpgroup has now retired the wgmma of step + j - IN_FLIGHT and every warp has read its x
                 # tile: that slot may be refilled.
                 cta_barrier()
@@ -177,11 +176,9 @@ def fused_linear_wgmma_kernel(
         # folded) beside the 128-register accumulator spills (1.5 GB of local-memory traffic at problem 41).
         vectors = (M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
         QUARTER: gl.constexpr = BLOCK_N // 4
-        left, right = fused_linear.split_columns(acc, BLOCK_M, BLOCK_N)
-        q0, q1 = fused_linear.split_columns(left, BLOCK_M, BLOCK_N // 2)
+        q0, q1, q2, q3 = fused_linear.split_quarters(acc, BLOCK_M, BLOCK_N)
         epilogue_store(q0, y_ptr, stride_ym, off_m, off_n, *vectors, EPILOGUE)
         epilogue_store(q1, y_ptr, stride_ym, off_m, off_n + QUARTER, *vectors, EPILOGUE)
-        q2, q3 = fused_linear.split_columns(right, BLOCK_M, BLOCK_N // 2)
         epilogue_store(q2, y_ptr, stride_ym, off_m, off_n + 2 * QUARTER, *vectors, EPILOGUE)
         epilogue_store(q3, y_ptr, stride_ym, off_m, off_n + 3 * QUARTER, *vectors, EPILOGUE)
 
