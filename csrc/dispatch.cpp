@@ -115,6 +115,27 @@ LoadedKernel load_function(int device, int variant_index, bool from_ptx) {
   return cache.emplace(key, LoadedKernel{fn, blocks_per_sm}).first->second;
 }
 
+// Split-K tile counters. A kernel's last program per tile sets that tile's counter back to 0, so one zeroed buffer
+// per (device, stream) serves every later launch on that stream (launches on one stream run one after another):
+// no memset per call. A launch being captured into a CUDA graph gets fresh zeroed counters instead (the memset
+// becomes part of the graph), since work captured before any of it has run cannot zero a shared buffer.
+at::Tensor tile_counters_for(const at::Tensor& like, int64_t tiles, int device, CUstream stream) {
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
+  check_driver(driver().cuStreamIsCapturing(stream, &capture), "cuStreamIsCapturing");
+  const auto options = like.options().dtype(at::kInt);
+  if (capture != CU_STREAM_CAPTURE_STATUS_NONE) return at::zeros({tiles}, options);
+  static std::mutex mutex;
+  // never destroyed: tensors freed during static destruction could outlive the CUDA allocator
+  static auto* cache = new std::map<std::pair<int, CUstream>, at::Tensor>();
+  std::lock_guard<std::mutex> lock(mutex);
+  at::Tensor& counters = (*cache)[{device, stream}];
+  if (!counters.defined() || counters.numel() < tiles) {
+    // the old buffer goes back to the caching allocator, which reuses it only for work ordered after this launch
+    counters = at::zeros({std::max<int64_t>(tiles, 4096)}, options);
+  }
+  return counters;
+}
+
 thread_local std::string last_launch_description;
 
 bool divisible16(int64_t v) { return v % 16 == 0; }
@@ -180,10 +201,11 @@ void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, Op op, P
     args.stride_wn = weight_fp16.stride(0);
     args.stride_wk = 1;
   }
+  CUstream stream = c10::cuda::getCurrentCUDAStream(device).stream();
   at::Tensor partials, tile_counters;  // split-K: each program's partial sum, and arrivals per tile
   if (v.split_k > 1) {
     partials = at::empty({int64_t{v.split_k} * args.M * args.N}, x.options().dtype(at::kFloat));
-    tile_counters = at::zeros({tiles}, x.options().dtype(at::kInt));
+    tile_counters = tile_counters_for(x, tiles, device, stream);
     args.partials_ptr = reinterpret_cast<CUdeviceptr>(partials.data_ptr());
     args.tile_counters_ptr = reinterpret_cast<CUdeviceptr>(tile_counters.data_ptr());
   }
@@ -193,7 +215,6 @@ void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, Op op, P
     const CUdeviceptr base = reinterpret_cast<CUdeviceptr>(scratch.data_ptr());
     args.global_scratch = (base + v.scratch_align - 1) / v.scratch_align * v.scratch_align;
   }
-  CUstream stream = c10::cuda::getCurrentCUDAStream(device).stream();
   check_driver(v.launch(driver(), kernel.fn, stream, static_cast<unsigned>(grid), args), v.name);
   last_launch_description =
       std::string(v.name) + (from_ptx ? " (ptx, grid " : " (cubin, grid ") + std::to_string(grid) + ")";

@@ -34,6 +34,7 @@ DriverApi load_driver() {
   FUSEDOPS_RESOLVE(cuFuncSetAttribute);
   FUSEDOPS_RESOLVE(cuLaunchKernel);
   FUSEDOPS_RESOLVE(cuOccupancyMaxActiveBlocksPerMultiprocessor);
+  FUSEDOPS_RESOLVE(cuStreamIsCapturing);
 #undef FUSEDOPS_RESOLVE
   return api;
 }

@@ -18,6 +18,7 @@ struct DriverApi {
   decltype(&::cuFuncSetAttribute) cuFuncSetAttribute;
   decltype(&::cuLaunchKernel) cuLaunchKernel;
   decltype(&::cuOccupancyMaxActiveBlocksPerMultiprocessor) cuOccupancyMaxActiveBlocksPerMultiprocessor;
+  decltype(&::cuStreamIsCapturing) cuStreamIsCapturing;
 };
 
 // Loads the driver once (thread-safe); throws a torch error if it cannot.

@@ -19,7 +19,7 @@ struct LaunchArgs {
   float eps;
   int32_t num_sms;             // persistent kernels: programs launched
   CUdeviceptr partials_ptr;    // split-K kernels: fp32 [split_k, M, N] workspace
-  CUdeviceptr tile_counters_ptr;  // split-K kernels: int32 [tiles], zeroed
+  CUdeviceptr tile_counters_ptr;  // split-K kernels: int32 [tiles], zero on entry (the kernel leaves it zero)
   CUdeviceptr global_scratch;  // kernels with scratch_bytes > 0: grid * scratch_bytes, aligned
 };
 

@@ -132,7 +132,7 @@ def fused_linear_kernel(
     stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
     has_bias, has_gamma, has_beta,  # runtime 0/1: an optional vector that is absent is never read
     eps,
-    partials_ptr, tile_counters_ptr,  # SPLIT_K > 1 only: fp32 [SPLIT_K, M, N] workspace, zeroed int32 [tiles]
+    partials_ptr, tile_counters_ptr,  # SPLIT_K > 1 only: fp32 [SPLIT_K, M, N] workspace; int32 [tiles], zero on entry
     EPILOGUE: tl.constexpr,  # "relu" | "bn_gelu_relu"
     DOT: tl.constexpr,  # "native" (fp16/bf16 in), "ieee" | "tf32" (fp32 in), "fp16" (fp32 in, fp16 tensor cores)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -183,6 +183,9 @@ def fused_linear_kernel(
         tl.debug_barrier()
         arrived = tl.atomic_add(tile_counters_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if arrived == SPLIT_K - 1:
+            # every program of the tile has arrived: reset its counter for the next launch on this stream (the
+            # launcher zeroes a stream's counters once, not per call)
+            tl.store(tile_counters_ptr + tile, 0)
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for s in range(SPLIT_K):  # a loop, not unrolled: one partial tile live at a time
                 total += tl.load(part_ptrs + s * plane, mask=in_tile, other=0.0, cache_modifier=".cg")

@@ -162,13 +162,10 @@ def launched_grid():
     return int(torch.ops.fusedops._last_launch().rsplit("grid ", 1)[1].rstrip(")"))
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_split_k_variants_are_right_and_deterministic(op):
-    """Every split-K variant the tables route to on this GPU: a K that splits unevenly and one shorter than the
-    splits (empty slices), each against fp64, the grid (tiles x SPLIT_K), and bit-identical repeats (the
-    partial sums are added in split order whoever arrives last)."""
+def split_k_calls(op):
+    """(variant, precision name, dtype, precision, m, n, k) for each split-K variant that an aligned call of op goes
+    to on this GPU: a K that splits unevenly and one shorter than the splits (empty slices), where it takes them."""
     arch = dispatch_arch()
-    ran = 0
     for rule in manifest()["rules"]:
         v = manifest()["variants"][rule["variant"]]
         if (rule["arch"], rule["op"], rule["layout"]) != (arch, op, "aligned") or v["config"].get("SPLIT_K", 1) == 1:
@@ -177,19 +174,62 @@ def test_split_k_variants_are_right_and_deterministic(op):
         m = min(rule["max_m"], 300) if rule["max_m"] > 0 else 300
         n = min(rule["max_n"], 272) if rule["max_n"] > 0 else 272
         for k in (1040, 48):
-            if expected_variant(op, rule["precision"], "aligned", m, n, k)["name"] != v["name"]:
-                continue  # an earlier rule takes this shape
-            p = make_problem((m,), n, k, dtype, device="cuda", seed=k)
-            out = check(op, p, dtype, precision)
+            if expected_variant(op, rule["precision"], "aligned", m, n, k)["name"] == v["name"]:
+                yield v, rule["precision"], dtype, precision, m, n, k
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_split_k_variants_are_right_and_deterministic(op):
+    """Each split-K call against fp64, its grid (tiles x SPLIT_K), and bit-identical repeats (the partial sums are
+    added in split order whoever arrives last; a repeat also fails if a launch left a tile counter non-zero)."""
+    calls = list(split_k_calls(op))
+    if not calls:
+        pytest.skip(f"the sm_{dispatch_arch()} tables route no {op} shape to a split-K variant")
+    for v, _, dtype, precision, m, n, k in calls:
+        p = make_problem((m,), n, k, dtype, device="cuda", seed=k)
+        out = check(op, p, dtype, precision)
+        assert torch.ops.fusedops._last_launch().startswith(v["name"] + " "), v["name"]
+        c = v["config"]
+        assert launched_grid() == output_tiles(m, n, c) * c["SPLIT_K"]
+        kw = {} if precision is None else {"precision": precision}
+        for _ in range(3):
+            assert torch.equal(run_fused(op, p, **kw), out), "split-K result changed between identical calls"
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_split_k_counters_across_streams_and_cuda_graphs(op):
+    """The launcher zeroes a stream's split-K tile counters once and each launch leaves them zero: calls with fewer
+    and more tiles alternate on a side stream; a captured CUDA graph (given its own zeroed counters) replays three
+    times; eager calls follow on the stream the graph was captured on. Every result against the first eager one."""
+    calls = list(split_k_calls(op))
+    if not calls:
+        pytest.skip(f"the sm_{dispatch_arch()} tables route no {op} shape to a split-K variant")
+    v, precision_name, dtype, precision, m, n, k = calls[0]
+    kw = {} if precision is None else {"precision": precision}
+    # a shape with fewer tiles that the same variant takes
+    fm, fn = next((fm, fn) for fm, fn in ((m, n // 32 * 16), (m // 2, n), (m // 4, n))
+                  if output_tiles(fm, fn, v["config"]) < output_tiles(m, n, v["config"])
+                  and expected_variant(op, precision_name, "aligned", fm, fn, k)["name"] == v["name"])
+    small = make_problem((m,), n, k, dtype, device="cuda", seed=1)
+    fewer = make_problem((fm,), fn, k, dtype, device="cuda", seed=2)
+    want_small, want_fewer = check(op, small, dtype, precision), check(op, fewer, dtype, precision)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            got_small, got_fewer = run_fused(op, small, **kw), run_fused(op, fewer, **kw)
             assert torch.ops.fusedops._last_launch().startswith(v["name"] + " "), v["name"]
-            c = v["config"]
-            assert launched_grid() == output_tiles(m, n, c) * c["SPLIT_K"]
-            kw = {} if precision is None else {"precision": precision}
-            for _ in range(3):
-                assert torch.equal(run_fused(op, p, **kw), out), "split-K result changed between identical calls"
-            ran += 1
-    if not ran:
-        pytest.skip(f"the sm_{arch} tables route no {op} shape to a split-K variant")
+            assert torch.equal(got_small, want_small) and torch.equal(got_fewer, want_fewer)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            captured = run_fused(op, small, **kw)
+        for _ in range(3):
+            captured.zero_()
+            graph.replay()
+            assert torch.equal(captured, want_small), "split-K result changed under CUDA graph replay"
+            assert torch.equal(run_fused(op, fewer, **kw), want_fewer)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("op", OPS)
