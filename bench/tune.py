@@ -36,8 +36,10 @@ from bench.bench import TOLERANCE, composite, rel_err  # noqa: E402
 # name -> (max_m, max_n (None: unbounded), shapes (M, N, K) timed for it)
 BUCKETS = {
     "skinny": (64, None, [(16, 4096, 4096), (64, 4096, 4096), (16, 8192, 8192), (64, 1024, 4096), (1, 4096, 4096)]),
-    # few output tiles (M x N small, K long): big tiles would leave most of the SMs idle
-    "narrow": (1024, 1024, [(256, 1024, 4096), (1024, 1024, 4096), (512, 1024, 1024)]),
+    # few output tiles (M x N small, K long): big tiles would leave most of the SMs idle. M 256 has a quarter of
+    # M 1024's tiles, so the two get rules of their own (PERF_NOTES.md v31)
+    "narrow_short": (256, 1024, [(256, 1024, 4096), (128, 1024, 4096), (256, 1024, 1024)]),
+    "narrow": (1024, 1024, [(1024, 1024, 4096), (512, 1024, 1024), (768, 1024, 4096)]),
     "mid": (512, 4096, [(256, 4096, 4096), (256, 4096, 1024), (512, 4096, 1024)]),
     # wide N at mid M: enough output tiles for bigger ones (M 256 x N 8192: 128x64 tiles 1.41x cuBLAS, 128x128
     # 1.17x on the H200, PERF_NOTES.md v28)
@@ -99,22 +101,33 @@ FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32,
                             wgmma(128, 256, 32, 8, 4), wgmma(128, 256, 32, 8, 5)]
 SKINNY_FP32 = [cfg(64, 64, 64, 4, 4), cfg(64, 32, 128, 4, 3), cfg(64, 32, 64, 4, 4), cfg(32, 32, 128, 4, 3),
                cfg(32, 32, 128, 4, 3, SPLIT_K=2), cfg(32, 32, 64, 4, 4, SPLIT_K=4), cfg(16, 64, 64, 4, 4, SPLIT_K=4)]
-# more, smaller tiles for the few-tile buckets
-HALF_NARROW = [cfg(64, 64, 64, 4, 4), cfg(64, 64, 128, 4, 3), cfg(32, 64, 128, 4, 4), cfg(64, 32, 128, 4, 4),
-               cfg(128, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 4, SPLIT_K=4),
-               cfg(64, 64, 128, 4, 3, SPLIT_K=2), cfg(128, 64, 64, 4, 4, SPLIT_K=4), cfg(128, 128, 64, 4, 4, SPLIT_K=4)]
+# Few output tiles (M 256 x N 4096 x K 4096: 128 programs of 128x64) stream operands at ~45 GB/s per SM against
+# ~21 us for cuBLAS: neither tensor- nor DRAM-bound, so latency-bound (bytes in flight per SM); deep pipelines keep
+# ~190 KB in flight instead of 72-96 KB (PERF_NOTES.md v30; wide tiles split over K lost, v29: the tile's last
+# program adds up every partial alone).
+DEEP_HALF = [cfg(128, 64, 64, 4, 8), cfg(128, 64, 128, 4, 4), cfg(64, 128, 64, 4, 8), cfg(128, 128, 64, 8, 6),
+             tma(128, 64, 64, 4, 8), tma(128, 128, 64, 8, 6)]
+DEEP_FP32 = [cfg(128, 64, 32, 4, 8), cfg(64, 128, 32, 4, 8), cfg(128, 128, 32, 8, 6), tma(128, 128, 32, 8, 5)]
+HALF_NARROW = [cfg(64, 64, 64, 4, 4), cfg(64, 64, 128, 4, 3), cfg(64, 32, 128, 4, 4), cfg(128, 64, 64, 4, 4),
+               cfg(64, 128, 64, 4, 4), cfg(64, 64, 128, 4, 3, SPLIT_K=2), cfg(128, 64, 64, 4, 4, SPLIT_K=4),
+               cfg(64, 64, 128, 4, 6), cfg(64, 64, 128, 4, 6, SPLIT_K=2), cfg(64, 32, 128, 4, 8), cfg(64, 64, 64, 4, 8),
+               cfg(128, 64, 64, 4, 8), cfg(64, 128, 64, 4, 8), cfg(128, 64, 64, 4, 8, SPLIT_K=2),
+               cfg(64, 128, 64, 4, 8, SPLIT_K=2), cfg(128, 128, 64, 8, 6, SPLIT_K=2)]
 HALF_MID = [cfg(128, 128, 64, 4, 4), cfg(128, 128, 64, 8, 4), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 4),
             cfg(64, 256, 64, 4, 4), cfg(128, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4, SPLIT_K=2),
             cfg(128, 128, 64, 4, 4, SPLIT_K=2), cfg(128, 128, 64, 8, 4, SPLIT_K=3),
             # M 256 x N >= 4096 reads W once through 128 programs: TMA's bulk loads instead of per-thread ones
-            tma(64, 128, 64, 4, 4), tma(64, 256, 64, 4, 3), tma(64, 128, 128, 4, 3), tma(128, 128, 64, 8, 4)]
+            tma(64, 128, 64, 4, 4), tma(64, 256, 64, 4, 3), tma(64, 128, 128, 4, 3), tma(128, 128, 64, 8, 4),
+            *DEEP_HALF]
 FP32_NARROW = [cfg(64, 64, 32, 4, 4), cfg(64, 64, 64, 4, 3), cfg(32, 64, 64, 4, 4), cfg(64, 32, 64, 4, 4),
                cfg(128, 64, 32, 4, 4), cfg(64, 64, 32, 4, 4, SPLIT_K=4), cfg(64, 64, 64, 4, 3, SPLIT_K=2),
-               cfg(128, 64, 32, 4, 4, SPLIT_K=4)]
+               cfg(128, 64, 32, 4, 4, SPLIT_K=4), cfg(64, 64, 64, 4, 6), cfg(64, 64, 64, 4, 6, SPLIT_K=2),
+               cfg(128, 64, 32, 4, 8), cfg(64, 128, 32, 4, 8), cfg(128, 64, 32, 4, 8, SPLIT_K=2),
+               cfg(64, 128, 32, 4, 8, SPLIT_K=2)]
 FP32_MID = [cfg(128, 128, 32, 4, 4), cfg(128, 128, 32, 8, 4), cfg(64, 128, 32, 4, 4), cfg(64, 64, 32, 4, 4),
             cfg(64, 64, 64, 4, 3), cfg(64, 128, 32, 4, 4, SPLIT_K=2), cfg(128, 128, 32, 4, 4, SPLIT_K=2),
             cfg(128, 128, 32, 8, 4, SPLIT_K=3),
-            tma(64, 128, 32, 4, 4), tma(64, 128, 64, 4, 3), tma(128, 128, 32, 8, 4)]
+            tma(64, 128, 32, 4, 4), tma(64, 128, 64, 4, 3), tma(128, 128, 32, 8, 4), *DEEP_FP32]
 # fp32 'ieee' runs on the FMA units (no tensor cores): register tiles of 16..128 accumulators per thread
 IEEE_SKINNY = [cfg(64, 64, 32, 4, 3), cfg(16, 64, 128, 4, 3), cfg(32, 64, 64, 4, 3), cfg(16, 128, 64, 4, 3),
                cfg(16, 64, 128, 4, 3, SPLIT_K=4), cfg(16, 64, 64, 4, 3, SPLIT_K=8), cfg(32, 64, 64, 4, 3, SPLIT_K=4)]
@@ -122,14 +135,15 @@ IEEE_NARROW = [cfg(64, 64, 32, 4, 3), cfg(32, 64, 32, 4, 3), cfg(64, 32, 32, 4, 
 IEEE_BIG = [cfg(64, 64, 32, 4, 3), cfg(128, 128, 32, 8, 3), cfg(128, 128, 16, 8, 3), cfg(128, 64, 32, 4, 3),
             cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2)]
 CANDIDATES = {  # key -> (dtype of x, the kernel's DOT, {bucket: candidate configs})
-    "half": (torch.float16, "native", dict(skinny=SKINNY, narrow=HALF_NARROW, mid=HALF_MID, mid_wide=HALF_MID,
-                                           big=HALF_BIG)),
-    "fp32_tf32": (torch.float32, "tf32", dict(skinny=SKINNY_FP32, narrow=FP32_NARROW, mid=FP32_MID, mid_wide=FP32_MID,
-                                              big=FP32_BIG)),
-    "fp32_fp16": (torch.float32, "fp16", dict(skinny=SKINNY_FP32, narrow=FP32_NARROW, mid=FP32_MID,
-                                              mid_wide=FP32_MID, big=FP32_FP16_BIG)),
-    "fp32_ieee": (torch.float32, "ieee", dict(skinny=IEEE_SKINNY, narrow=IEEE_NARROW, mid=IEEE_NARROW + IEEE_BIG[1:],
-                                              mid_wide=IEEE_NARROW + IEEE_BIG[1:], big=IEEE_BIG)),
+    "half": (torch.float16, "native", dict(skinny=SKINNY, narrow_short=HALF_NARROW, narrow=HALF_NARROW, mid=HALF_MID,
+                                           mid_wide=HALF_MID, big=HALF_BIG)),
+    "fp32_tf32": (torch.float32, "tf32", dict(skinny=SKINNY_FP32, narrow_short=FP32_NARROW, narrow=FP32_NARROW,
+                                              mid=FP32_MID, mid_wide=FP32_MID, big=FP32_BIG)),
+    "fp32_fp16": (torch.float32, "fp16", dict(skinny=SKINNY_FP32, narrow_short=FP32_NARROW, narrow=FP32_NARROW,
+                                              mid=FP32_MID, mid_wide=FP32_MID, big=FP32_FP16_BIG)),
+    "fp32_ieee": (torch.float32, "ieee", dict(skinny=IEEE_SKINNY, narrow_short=IEEE_NARROW, narrow=IEEE_NARROW,
+                                              mid=IEEE_NARROW + IEEE_BIG[1:], mid_wide=IEEE_NARROW + IEEE_BIG[1:],
+                                              big=IEEE_BIG)),
 }
 
 
@@ -157,19 +171,18 @@ def jit_runner(op, dot, config, x, w, y, vectors):
         grid = (min(tiles, ctas_per_sm * torch.cuda.get_device_properties(x.device).multi_processor_count),)
 
     split_k = int(config.get("SPLIT_K", 1))
-    # the workspace arguments of a kernel without split-K
-    unused = (torch.empty(1, device=x.device, dtype=torch.float32), torch.empty(1, device=x.device, dtype=torch.int32))
+    # split-K, as the AOT launcher: a partial-sum workspace each call, and per-tile counters zeroed once (the kernel
+    # leaves them zero). Without split-K the two are unused placeholders.
+    counters = torch.zeros(tiles if split_k > 1 else 1, device=x.device, dtype=torch.int32)
+    unused = torch.empty(1, device=x.device, dtype=torch.float32)
 
     def run():
         wk = w.to(torch.float16) if weight_fp16 else w
         if kernel["persistent"]:  # (the TMA and the Gluon kernel take the same arguments)
             run.compiled = function[grid](
                 x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta)
-        else:  # split-K: a partial-sum workspace and zeroed per-tile counters each call, as the AOT launcher
-            partials, counters = unused
-            if split_k > 1:
-                partials = torch.empty(split_k * M * N, device=x.device, dtype=torch.float32)
-                counters = torch.zeros(tiles, device=x.device, dtype=torch.int32)
+        else:
+            partials = torch.empty(split_k * M * N, device=x.device, dtype=torch.float32) if split_k > 1 else unused
             run.compiled = function[(tiles * split_k,)](
                 x, wk, y, *vectors, M, N, K, x.stride(0), x.stride(1), wk.stride(0), wk.stride(1), y.stride(0),
                 y.stride(1), 1, 1, 1, 1e-5, partials, counters, **meta)
@@ -253,8 +266,9 @@ def table_config(table, key, op, shape):
 
 
 def rules_for(op, configs):
-    """Rules for one op from {bucket: config}, in bucket order; a bucket whose config equals the catch-all's
-    is dropped when nothing between them differs (the catch-all already covers it)."""
+    """Rules for one op from {bucket: config}, in bucket order. A rule is dropped where the next one has the same
+    config and bounds that hold it (e.g. narrow_short inside narrow, anything inside the catch-all): every shape it
+    matched then goes to that next rule, so the choice is unchanged."""
     rules = []
     for name, (max_m, max_n, _) in BUCKETS.items():
         rule = {"ops": [op]}
@@ -264,8 +278,14 @@ def rules_for(op, configs):
             rule["max_n"] = max_n
         rule["config"] = configs[name]
         rules.append(rule)
-    while len(rules) > 1 and rules[-2]["config"] == rules[-1]["config"]:
-        del rules[-2]
+
+    def within(inner, outer):
+        return all(outer.get(b) is None or (inner.get(b) is not None and inner[b] <= outer[b])
+                   for b in ("max_m", "max_n"))
+
+    for i in reversed(range(len(rules) - 1)):
+        if rules[i]["config"] == rules[i + 1]["config"] and within(rules[i], rules[i + 1]):
+            del rules[i]
     return rules
 
 

@@ -199,13 +199,20 @@ def test_tuner_rules_follow_bucket_order_and_reuse_the_table():
     """bench.tune: rules come out in bucket order with their bounds; a bucket not re-measured keeps the config the
     current table gives its first shape (first-match, max_n included)."""
     from bench import tune
-    a, b, c = ({"BLOCK_M": m} for m in (16, 64, 128))
-    rules = tune.rules_for("linear_relu", {"skinny": a, "narrow": b, "mid": c, "mid_wide": c, "big": c})
+    a, b, c, d = ({"BLOCK_M": m} for m in (16, 64, 128, 256))
+    rules = tune.rules_for("linear_relu", {"skinny": a, "narrow_short": b, "narrow": b, "mid": c, "mid_wide": c,
+                                           "big": c})
     assert [(r.get("max_m"), r.get("max_n"), r["config"]) for r in rules] == [(64, None, a), (1024, 1024, b),
                                                                              (None, None, c)]
-    rules = tune.rules_for("linear_relu", {"skinny": a, "narrow": b, "mid": c, "mid_wide": b, "big": c})
+    rules = tune.rules_for("linear_relu", {"skinny": a, "narrow_short": d, "narrow": b, "mid": c, "mid_wide": b,
+                                           "big": c})
     assert [(r.get("max_m"), r.get("max_n"), r["config"]) for r in rules] == [
-        (64, None, a), (1024, 1024, b), (512, 4096, c), (512, None, b), (None, None, c)]
+        (64, None, a), (256, 1024, d), (1024, 1024, b), (512, 4096, c), (512, None, b), (None, None, c)]
+    # a rule whose bounds the next one's do not hold stays, even with the same config (skinny: any N)
+    rules = tune.rules_for("linear_relu", {"skinny": b, "narrow_short": b, "narrow": b, "mid": c, "mid_wide": c,
+                                           "big": c})
+    assert [(r.get("max_m"), r.get("max_n"), r["config"]) for r in rules] == [(64, None, b), (1024, 1024, b),
+                                                                             (None, None, c)]
     assert all(r["ops"] == ["linear_relu"] for r in rules)
     table = {"rules": {"half": [{"ops": ["linear_relu"], "max_m": 64, "config": a},
                                 {"max_m": 1024, "max_n": 1024, "config": b}, {"config": c}]}}
