@@ -190,6 +190,21 @@ GROUPS = {
         ("tma 64x128x64 w4 s4", tma(64, 128, 64, 4, 4)),
         ("tma 128x128x64 w8 s4", tma(128, 128, 64, 8, 4)),
     ]),
+    # deeper pipelines on the big rules (session 6, after v30): smaller store-staging slices make room for a stage
+    "p76_tf32_deep": ("linear_relu", *P76, torch.float32, "tf32", [
+        ("tma 128x256x32 s3 2 slices (table)", tma(128, 256, 32, 8, 3, slices=2)),
+        ("AOT op (torch.ops.fusedops)", AOT),
+        ("tma 128x256x32 s4 4 slices", tma(128, 256, 32, 8, 4, slices=4)),
+        ("tma 256x128x32 s4 4 slices", tma(256, 128, 32, 8, 4, slices=4)),
+        ("tma 128x128x32 s6 2 slices", tma(128, 128, 32, 8, 6, slices=2)),
+    ]),
+    "k1024_bn_half": ("linear_bn_gelu_relu", 4096, 4096, 1024, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s4 2 slices", tma(128, 256, 64, 8, 4, slices=2)),
+        ("tma 128x128x64 w8 s6", tma(128, 128, 64, 8, 6)),
+        ("tiled 64x128x64 w4 s8", cfg(64, 128, 64, 4, 8)),
+        ("tma 128x128x64 w4 s3 4 slices 2 CTAs/SM", tma(128, 128, 64, 4, 3, slices=4, ctas=2)),
+    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -203,7 +218,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p76_tf32_flat": "lt_relu", "p41_half_flat": "mm",
     "p41_fp32_fp16_tiled": "mm16", "p76_half": "mm", "p41_group_m": "mm", "p76_group_m": "mm",
     "p41_fp32_fp16_wgmma": "mm16", "p41_relu_fp32_fp16_wgmma": "mm16", "m256_n8192_half": "mm",
-    "m256_n4096_half": "mm",
+    "m256_n4096_half": "mm", "p76_tf32_deep": "lt_relu", "k1024_bn_half": "mm",
 }
 
 
