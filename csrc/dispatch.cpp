@@ -5,6 +5,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <tuple>
 
 #include <ATen/ATen.h>
@@ -126,9 +127,11 @@ at::Tensor tile_counters_for(const at::Tensor& like, int64_t tiles, int device, 
   if (capture != CU_STREAM_CAPTURE_STATUS_NONE) return at::zeros({tiles}, options);
   static std::mutex mutex;
   // never destroyed: tensors freed during static destruction could outlive the CUDA allocator
-  static auto* cache = new std::map<std::pair<int, CUstream>, at::Tensor>();
+  static auto* cache = new std::map<std::tuple<int, CUstream, std::thread::id>, at::Tensor>();
+  // the per-thread default stream has one handle but is another stream in each thread
+  const std::thread::id thread = stream == CU_STREAM_PER_THREAD ? std::this_thread::get_id() : std::thread::id();
   std::lock_guard<std::mutex> lock(mutex);
-  at::Tensor& counters = (*cache)[{device, stream}];
+  at::Tensor& counters = (*cache)[std::make_tuple(device, stream, thread)];
   if (!counters.defined() || counters.numel() < tiles) {
     // the old buffer goes back to the caching allocator, which reuses it only for work ordered after this launch
     counters = at::zeros({std::max<int64_t>(tiles, 4096)}, options);
