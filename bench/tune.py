@@ -289,6 +289,16 @@ def rules_for(op, configs):
     return rules
 
 
+def record_run(runs, run):
+    """Append one key's run to the table's record (oldest first). A run that differs from the last one only in its
+    keys (the next key of the same invocation, or a later invocation over the same buckets that day) adds its keys
+    to that entry instead of replacing it."""
+    if runs and {k: v for k, v in runs[-1].items() if k != "keys"} == {k: v for k, v in run.items() if k != "keys"}:
+        runs[-1]["keys"] += [k for k in run["keys"] if k not in runs[-1]["keys"]]
+    else:
+        runs.append(run)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true")
@@ -320,13 +330,9 @@ def main():
             rules += rules_for(op, configs)
         table["rules"][key] = rules
         table["arch"] = arch
-        runs = table.setdefault("runs", [])  # what measured which rules, oldest first
-        run = dict(date=str(datetime.date.today()), device=torch.cuda.get_device_name(), torch=torch.__version__,
-                   triton=triton.__version__, keys=args.keys[:args.keys.index(key) + 1], ops=args.ops, buckets=measure)
-        if runs and {k: v for k, v in runs[-1].items() if k != "keys"} == {k: v for k, v in run.items() if k != "keys"}:
-            runs[-1] = run  # the same invocation, one more key done
-        else:
-            runs.append(run)
+        record_run(table.setdefault("runs", []), dict(
+            date=str(datetime.date.today()), device=torch.cuda.get_device_name(), torch=torch.__version__,
+            triton=triton.__version__, keys=[key], ops=args.ops, buckets=measure))
         table["evidence_ms"] = evidence
         text = json.dumps(table, indent=1) + "\n"
         if args.dry_run:

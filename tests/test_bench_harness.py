@@ -224,6 +224,20 @@ def test_tuner_rules_follow_bucket_order_and_reuse_the_table():
     assert list(tune.BUCKETS)[-1] == "big" and tune.BUCKETS["big"][:2] == (None, None)  # ends with a catch-all
 
 
+def test_tuner_run_record_keeps_every_key():
+    """bench.tune's record of what measured the table: the keys of one invocation, and of a second invocation over
+    the same buckets on the same day (half, then fp32_tf32), end up in one entry; other buckets start a new one."""
+    from bench import tune
+    base = dict(date="2026-11-21", device="H100", torch="2.11", triton="3.6", ops=["linear_relu"], buckets=["mid"])
+    runs = []
+    tune.record_run(runs, dict(base, keys=["half"]))
+    tune.record_run(runs, dict(base, keys=["fp32_tf32"]))
+    tune.record_run(runs, dict(base, keys=["fp32_tf32"]))
+    assert runs == [dict(base, keys=["half", "fp32_tf32"])]
+    tune.record_run(runs, dict(base, keys=["half"], buckets=["narrow"]))
+    assert [r["keys"] for r in runs] == [["half", "fp32_tf32"], ["half"]] and runs[1]["buckets"] == ["narrow"]
+
+
 def test_compile_rows_keep_separate_dynamo_caches():
     """Two compiled copies of the composite (one per precision row) each compile once and stay compiled when
     called alternately, as the interleaved timing rounds do; one shared code object would not keep them apart."""
