@@ -210,23 +210,23 @@ def test_split_k_counters_across_streams_and_cuda_graphs(op):
     fm, fn = next((fm, fn) for fm, fn in ((m, n // 32 * 16), (m // 2, n), (m // 4, n))
                   if output_tiles(fm, fn, v["config"]) < output_tiles(m, n, v["config"])
                   and expected_variant(op, precision_name, "aligned", fm, fn, k)["name"] == v["name"])
-    small = make_problem((m,), n, k, dtype, device="cuda", seed=1)
+    more = make_problem((m,), n, k, dtype, device="cuda", seed=1)
     fewer = make_problem((fm,), fn, k, dtype, device="cuda", seed=2)
-    want_small, want_fewer = check(op, small, dtype, precision), check(op, fewer, dtype, precision)
+    want_more, want_fewer = check(op, more, dtype, precision), check(op, fewer, dtype, precision)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(2):
-            got_small, got_fewer = run_fused(op, small, **kw), run_fused(op, fewer, **kw)
+            got_more, got_fewer = run_fused(op, more, **kw), run_fused(op, fewer, **kw)
             assert torch.ops.fusedops._last_launch().startswith(v["name"] + " "), v["name"]
-            assert torch.equal(got_small, want_small) and torch.equal(got_fewer, want_fewer)
+            assert torch.equal(got_more, want_more) and torch.equal(got_fewer, want_fewer)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=side):
-            captured = run_fused(op, small, **kw)
+            captured = run_fused(op, more, **kw)
         for _ in range(3):
             captured.zero_()
             graph.replay()
-            assert torch.equal(captured, want_small), "split-K result changed under CUDA graph replay"
+            assert torch.equal(captured, want_more), "split-K result changed under CUDA graph replay"
             assert torch.equal(run_fused(op, fewer, **kw), want_fewer)
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
