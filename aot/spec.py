@@ -14,7 +14,8 @@ import os
 KERNELS = {
     "tiled": {"source": "kernels/fused_linear.py", "function": "fused_linear_kernel",
               "layouts": ("aligned", "generic"), "min_arch": 80, "max_arch": None, "dots": None,
-              "persistent": False, "stages_constexpr": False, "knobs": {"SPLIT_K": 1}, "requires": {}},
+              "persistent": False, "stages_constexpr": False, "knobs": {"SPLIT_K": 1, "VECTORS_FIRST": 0},
+              "requires": {}},
     "tma": {"source": "kernels/fused_linear.py", "function": "fused_linear_tma_kernel", "layouts": ("aligned",),
             "min_arch": 90, "max_arch": None, "dots": None, "persistent": True, "stages_constexpr": False,
             "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SLICES": 1}, "requires": {}},

@@ -6,7 +6,7 @@
     python -m bench.tune --keys half --buckets narrow mid   # re-measure some buckets, keep the others
 
 For each tuning key (half, fp32_tf32, fp32_fp16, fp32_ieee) and op, every candidate config of a shape
-bucket (BUCKETS: skinny M, few output tiles, mid M, big) is compiled from kernels/fused_linear.py (Triton
+bucket (BUCKETS: skinny M, with narrow N or short K apart; few output tiles; mid M; big) is compiled from kernels/fused_linear.py (Triton
 JIT, which specialises unit strides and 16-divisible sizes just as the AOT 'aligned' layout does) and
 timed on that bucket's shapes with triton.testing.do_bench (median, L2 flushed before each run), after
 its output is checked against an fp64 reference and its SASS against the AOT build's wgmma rule (a wrong or
@@ -33,20 +33,26 @@ from aot import spec  # noqa: E402
 from bench.bench import TOLERANCE, composite, rel_err  # noqa: E402
 
 # Shape buckets, in rule order (the first rule whose bounds hold wins at run time):
-# name -> (max_m, max_n (None: unbounded), shapes (M, N, K) timed for it)
+# name -> (bounds: max_m / max_n / max_k, each absent = unbounded; shapes (M, N, K) timed for it)
 BUCKETS = {
-    "skinny": (64, None, [(16, 4096, 4096), (64, 4096, 4096), (16, 8192, 8192), (64, 1024, 4096), (1, 4096, 4096)]),
+    # skinny M with few output columns or a short K: fewer W tiles to share out, so deeper split-K than the rest of
+    # skinny wants (TF32 M 1 x N 1024 x K 4096 1.61x, M 64 x N 4096 x K 1024 1.55x under the skinny rule)
+    "skinny_narrow": (dict(max_m=64, max_n=1024), [(1, 1024, 4096), (16, 1024, 4096), (64, 1024, 4096)]),
+    "skinny_short": (dict(max_m=64, max_k=1024), [(1, 4096, 1024), (16, 4096, 1024), (64, 4096, 1024),
+                                                   (64, 8192, 1024)]),
+    "skinny": (dict(max_m=64), [(16, 4096, 4096), (64, 4096, 4096), (16, 8192, 8192), (1, 4096, 4096)]),
     # few output tiles (M x N small, K long): big tiles would leave most of the SMs idle. M 256 has a quarter of
     # M 1024's tiles, so the two get rules of their own (PERF_NOTES.md v31)
-    "narrow_short": (256, 1024, [(256, 1024, 4096), (128, 1024, 4096), (256, 1024, 1024)]),
-    "narrow": (1024, 1024, [(1024, 1024, 4096), (512, 1024, 1024), (768, 1024, 4096)]),
-    "mid": (512, 4096, [(256, 4096, 4096), (256, 4096, 1024), (512, 4096, 1024)]),
+    "narrow_short": (dict(max_m=256, max_n=1024), [(256, 1024, 4096), (128, 1024, 4096), (256, 1024, 1024)]),
+    "narrow": (dict(max_m=1024, max_n=1024), [(1024, 1024, 4096), (512, 1024, 1024), (768, 1024, 4096)]),
+    "mid": (dict(max_m=512, max_n=4096), [(256, 4096, 4096), (256, 4096, 1024), (512, 4096, 1024)]),
     # wide N at mid M: enough output tiles for bigger ones (M 256 x N 8192: 128x64 tiles 1.41x cuBLAS, 128x128
     # 1.17x on the H200, PERF_NOTES.md v28)
-    "mid_wide": (512, None, [(256, 8192, 8192), (128, 8192, 8192), (512, 8192, 8192)]),
-    "big": (None, None, [(16384, 4096, 4096), (1024, 8192, 8192), (4096, 4096, 4096), (4096, 1024, 4096),
-                         (16384, 4096, 1024)]),
+    "mid_wide": (dict(max_m=512), [(256, 8192, 8192), (128, 8192, 8192), (512, 8192, 8192)]),
+    "big": (dict(), [(16384, 4096, 4096), (1024, 8192, 8192), (4096, 4096, 4096), (4096, 1024, 4096),
+                     (16384, 4096, 1024)]),
 }
+BOUNDS = ("max_m", "max_n", "max_k")
 
 
 def cfg(bm, bn, bk, warps, stages, group=8, kernel="tiled", **switches):
@@ -76,10 +82,17 @@ def tma(*args, ws=False, slices=1, w16=False, ctas=1, **kw):
     return config
 
 
+def vectors_first(config):
+    """The config with the epilogue's vectors loaded before the K loop (tiled kernel, no split-K): their latency
+    hides under the loop, for the registers they hold across it (PERF_NOTES.md v34)."""
+    return dict(config, VECTORS_FIRST=1)
+
+
 # SPLIT_K=n: n programs per output tile over slices of K, for shapes with fewer tiles than SMs
 SKINNY = [cfg(64, 64, 128, 4, 4), cfg(64, 32, 128, 4, 4), cfg(64, 32, 256, 4, 3), cfg(32, 32, 256, 4, 3),
           cfg(16, 64, 256, 4, 3), cfg(16, 64, 256, 4, 3, SPLIT_K=2), cfg(16, 64, 128, 4, 4, SPLIT_K=4),
-          cfg(32, 32, 128, 4, 4, SPLIT_K=4)]
+          cfg(32, 32, 128, 4, 4, SPLIT_K=4), vectors_first(cfg(16, 64, 256, 4, 3)),
+          vectors_first(cfg(64, 32, 128, 4, 4)), vectors_first(cfg(32, 32, 256, 4, 3))]
 # 128x128 with one warpgroup and <= 96 KB shared memory fits two CTAs per SM, so one CTA's epilogue
 # (erf over its whole tile) overlaps the other's main loop; the big tiles win on the main loop alone.
 HALF_BIG = [cfg(128, 256, 64, 8, 3), cfg(128, 128, 64, 8, 4), cfg(128, 128, 64, 4, 3), cfg(256, 128, 64, 8, 3),
@@ -101,6 +114,11 @@ FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32,
                             wgmma(128, 256, 32, 8, 4), wgmma(128, 256, 32, 8, 5)]
 SKINNY_FP32 = [cfg(64, 64, 64, 4, 4), cfg(64, 32, 128, 4, 3), cfg(64, 32, 64, 4, 4), cfg(32, 32, 128, 4, 3),
                cfg(32, 32, 128, 4, 3, SPLIT_K=2), cfg(32, 32, 64, 4, 4, SPLIT_K=4), cfg(16, 64, 64, 4, 4, SPLIT_K=4)]
+# N <= 1024 (32 columns of 32) or K <= 1024 (a short loop per program): more programs per W tile, or none split
+SKINNY_FP32_FEW = SKINNY_FP32 + [
+    cfg(32, 32, 64, 4, 4, SPLIT_K=8), cfg(16, 32, 64, 4, 4, SPLIT_K=8), cfg(16, 64, 64, 4, 4, SPLIT_K=8),
+    cfg(16, 32, 128, 4, 3, SPLIT_K=4), cfg(32, 32, 64, 4, 6), cfg(16, 32, 64, 4, 6), cfg(32, 64, 64, 4, 4, SPLIT_K=2),
+    vectors_first(cfg(32, 32, 64, 4, 6)), vectors_first(cfg(64, 32, 64, 4, 4)), vectors_first(cfg(16, 32, 64, 4, 6))]
 # Few output tiles (M 256 x N 4096 x K 4096: 128 programs of 128x64) stream operands at ~45 GB/s per SM against
 # ~21 us for cuBLAS: neither tensor- nor DRAM-bound, so latency-bound (bytes in flight per SM); deep pipelines keep
 # ~190 KB in flight instead of 72-96 KB (PERF_NOTES.md v30; wide tiles split over K lost, v29: the tile's last
@@ -112,22 +130,29 @@ HALF_NARROW = [cfg(64, 64, 64, 4, 4), cfg(64, 64, 128, 4, 3), cfg(64, 32, 128, 4
                cfg(64, 128, 64, 4, 4), cfg(64, 64, 128, 4, 3, SPLIT_K=2), cfg(128, 64, 64, 4, 4, SPLIT_K=4),
                cfg(64, 64, 128, 4, 6), cfg(64, 64, 128, 4, 6, SPLIT_K=2), cfg(64, 32, 128, 4, 8), cfg(64, 64, 64, 4, 8),
                cfg(128, 64, 64, 4, 8), cfg(64, 128, 64, 4, 8), cfg(128, 64, 64, 4, 8, SPLIT_K=2),
-               cfg(64, 128, 64, 4, 8, SPLIT_K=2), cfg(128, 128, 64, 8, 6, SPLIT_K=2)]
+               cfg(64, 128, 64, 4, 8, SPLIT_K=2), cfg(128, 128, 64, 8, 6, SPLIT_K=2),
+               # one tile per SM: the epilogue follows the loop; its vectors' latency (v34) and 8 warps to hide
+               # its arithmetic latency
+               vectors_first(cfg(64, 32, 128, 4, 8)), vectors_first(cfg(64, 128, 64, 4, 8)),
+               vectors_first(cfg(64, 64, 128, 4, 6)), cfg(64, 128, 64, 8, 8), vectors_first(cfg(64, 128, 64, 8, 8))]
 HALF_MID = [cfg(128, 128, 64, 4, 4), cfg(128, 128, 64, 8, 4), cfg(64, 128, 64, 4, 4), cfg(64, 64, 64, 4, 4),
             cfg(64, 256, 64, 4, 4), cfg(128, 64, 64, 4, 4), cfg(64, 128, 64, 4, 4, SPLIT_K=2),
             cfg(128, 128, 64, 4, 4, SPLIT_K=2), cfg(128, 128, 64, 8, 4, SPLIT_K=3),
             # M 256 x N >= 4096 reads W once through 128 programs: TMA's bulk loads instead of per-thread ones
             tma(64, 128, 64, 4, 4), tma(64, 256, 64, 4, 3), tma(64, 128, 128, 4, 3), tma(128, 128, 64, 8, 4),
-            *DEEP_HALF]
+            *DEEP_HALF, vectors_first(cfg(64, 128, 64, 4, 8)), vectors_first(cfg(128, 64, 64, 4, 8)),
+            cfg(64, 128, 64, 8, 8), vectors_first(cfg(64, 128, 64, 8, 8))]
 FP32_NARROW = [cfg(64, 64, 32, 4, 4), cfg(64, 64, 64, 4, 3), cfg(32, 64, 64, 4, 4), cfg(64, 32, 64, 4, 4),
                cfg(128, 64, 32, 4, 4), cfg(64, 64, 32, 4, 4, SPLIT_K=4), cfg(64, 64, 64, 4, 3, SPLIT_K=2),
                cfg(128, 64, 32, 4, 4, SPLIT_K=4), cfg(64, 64, 64, 4, 6), cfg(64, 64, 64, 4, 6, SPLIT_K=2),
                cfg(128, 64, 32, 4, 8), cfg(64, 128, 32, 4, 8), cfg(128, 64, 32, 4, 8, SPLIT_K=2),
-               cfg(64, 128, 32, 4, 8, SPLIT_K=2)]
+               cfg(64, 128, 32, 4, 8, SPLIT_K=2), vectors_first(cfg(64, 128, 32, 4, 8)),
+               vectors_first(cfg(64, 64, 64, 4, 6)), vectors_first(cfg(128, 64, 32, 4, 8))]
 FP32_MID = [cfg(128, 128, 32, 4, 4), cfg(128, 128, 32, 8, 4), cfg(64, 128, 32, 4, 4), cfg(64, 64, 32, 4, 4),
             cfg(64, 64, 64, 4, 3), cfg(64, 128, 32, 4, 4, SPLIT_K=2), cfg(128, 128, 32, 4, 4, SPLIT_K=2),
             cfg(128, 128, 32, 8, 4, SPLIT_K=3),
-            tma(64, 128, 32, 4, 4), tma(64, 128, 64, 4, 3), tma(128, 128, 32, 8, 4), *DEEP_FP32]
+            tma(64, 128, 32, 4, 4), tma(64, 128, 64, 4, 3), tma(128, 128, 32, 8, 4), *DEEP_FP32,
+            vectors_first(cfg(64, 128, 32, 4, 8)), vectors_first(cfg(128, 64, 32, 4, 8))]
 # fp32 'ieee' runs on the FMA units (no tensor cores): register tiles of 16..128 accumulators per thread
 IEEE_SKINNY = [cfg(64, 64, 32, 4, 3), cfg(16, 64, 128, 4, 3), cfg(32, 64, 64, 4, 3), cfg(16, 128, 64, 4, 3),
                cfg(16, 64, 128, 4, 3, SPLIT_K=4), cfg(16, 64, 64, 4, 3, SPLIT_K=8), cfg(32, 64, 64, 4, 3, SPLIT_K=4)]
@@ -135,13 +160,17 @@ IEEE_NARROW = [cfg(64, 64, 32, 4, 3), cfg(32, 64, 32, 4, 3), cfg(64, 32, 32, 4, 
 IEEE_BIG = [cfg(64, 64, 32, 4, 3), cfg(128, 128, 32, 8, 3), cfg(128, 128, 16, 8, 3), cfg(128, 64, 32, 4, 3),
             cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2)]
 CANDIDATES = {  # key -> (dtype of x, the kernel's DOT, {bucket: candidate configs})
-    "half": (torch.float16, "native", dict(skinny=SKINNY, narrow_short=HALF_NARROW, narrow=HALF_NARROW, mid=HALF_MID,
+    "half": (torch.float16, "native", dict(skinny_narrow=SKINNY, skinny_short=SKINNY, skinny=SKINNY,
+                                           narrow_short=HALF_NARROW, narrow=HALF_NARROW, mid=HALF_MID,
                                            mid_wide=HALF_MID, big=HALF_BIG)),
-    "fp32_tf32": (torch.float32, "tf32", dict(skinny=SKINNY_FP32, narrow_short=FP32_NARROW, narrow=FP32_NARROW,
+    "fp32_tf32": (torch.float32, "tf32", dict(skinny_narrow=SKINNY_FP32_FEW, skinny_short=SKINNY_FP32_FEW,
+                                              skinny=SKINNY_FP32, narrow_short=FP32_NARROW, narrow=FP32_NARROW,
                                               mid=FP32_MID, mid_wide=FP32_MID, big=FP32_BIG)),
-    "fp32_fp16": (torch.float32, "fp16", dict(skinny=SKINNY_FP32, narrow_short=FP32_NARROW, narrow=FP32_NARROW,
+    "fp32_fp16": (torch.float32, "fp16", dict(skinny_narrow=SKINNY_FP32_FEW, skinny_short=SKINNY_FP32_FEW,
+                                              skinny=SKINNY_FP32, narrow_short=FP32_NARROW, narrow=FP32_NARROW,
                                               mid=FP32_MID, mid_wide=FP32_MID, big=FP32_FP16_BIG)),
-    "fp32_ieee": (torch.float32, "ieee", dict(skinny=IEEE_SKINNY, narrow_short=IEEE_NARROW, narrow=IEEE_NARROW,
+    "fp32_ieee": (torch.float32, "ieee", dict(skinny_narrow=IEEE_SKINNY, skinny_short=IEEE_SKINNY, skinny=IEEE_SKINNY,
+                                              narrow_short=IEEE_NARROW, narrow=IEEE_NARROW,
                                               mid=IEEE_NARROW + IEEE_BIG[1:], mid_wide=IEEE_NARROW + IEEE_BIG[1:],
                                               big=IEEE_BIG)),
 }
@@ -260,7 +289,7 @@ def table_config(table, key, op, shape):
     m, n, k = shape
     for rule in table["rules"].get(key, []):
         if op in rule.get("ops", [op]) and all(rule.get(b) is None or v <= rule[b]
-                                               for b, v in (("max_m", m), ("max_n", n), ("max_k", k))):
+                                               for b, v in zip(BOUNDS, (m, n, k))):
             return rule["config"]
     raise SystemExit(f"the current table has no {key} rule for {op} at {shape}; tune every bucket (--buckets all)")
 
@@ -269,19 +298,10 @@ def rules_for(op, configs):
     """Rules for one op from {bucket: config}, in bucket order. A rule is dropped where the next one has the same
     config and bounds that hold it (e.g. narrow_short inside narrow, anything inside the catch-all): every shape it
     matched then goes to that next rule, so the choice is unchanged."""
-    rules = []
-    for name, (max_m, max_n, _) in BUCKETS.items():
-        rule = {"ops": [op]}
-        if max_m is not None:
-            rule["max_m"] = max_m
-        if max_n is not None:
-            rule["max_n"] = max_n
-        rule["config"] = configs[name]
-        rules.append(rule)
+    rules = [dict({"ops": [op]}, **bounds, config=configs[name]) for name, (bounds, _) in BUCKETS.items()]
 
     def within(inner, outer):
-        return all(outer.get(b) is None or (inner.get(b) is not None and inner[b] <= outer[b])
-                   for b in ("max_m", "max_n"))
+        return all(outer.get(b) is None or (inner.get(b) is not None and inner[b] <= outer[b]) for b in BOUNDS)
 
     for i in reversed(range(len(rules) - 1)):
         if rules[i]["config"] == rules[i + 1]["config"] and within(rules[i], rules[i + 1]):
@@ -322,7 +342,7 @@ def main():
         rules = [r for r in table["rules"].get(key, []) if not set(r.get("ops", spec.OPS)) & set(args.ops)]
         for op in args.ops:
             configs = {}
-            for name, (_, _, shapes) in BUCKETS.items():
+            for name, (_, shapes) in BUCKETS.items():
                 if name in measure:
                     configs[name], evidence[f"{key}/{op}/{name}"] = pick(op, key, name, shapes, candidates[name])
                 else:

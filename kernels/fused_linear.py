@@ -10,8 +10,8 @@ Two main loops share one epilogue:
 (A third, for fp32 x on fp16 tensor cores on Hopper, is written in Gluon in fused_linear_gluon.py and uses the
 epilogue and helpers here.)
 Each reads top to bottom: program id -> grouped tile order -> pointers -> K loop -> epilogue -> store.
-The epilogue is a compile-time choice (cuBLASLt-style): adding one is one branch in `epilogue`
-plus one line in aot/spec.py OPS.
+The epilogue is a compile-time choice (cuBLASLt-style): adding one is one branch in `epilogue_vectors` (its
+per-column vectors) and one in `apply_epilogue` (its arithmetic), plus one line in aot/spec.py OPS.
 """
 import triton
 import triton.language as tl
@@ -136,7 +136,7 @@ def fused_linear_kernel(
     EPILOGUE: tl.constexpr,  # "relu" | "bn_gelu_relu"
     DOT: tl.constexpr,  # "native" (fp16/bf16 in), "ieee" | "tf32" (fp32 in), "fp16" (fp32 in, fp16 tensor cores)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr = 1,
+    SPLIT_K: tl.constexpr = 1, VECTORS_FIRST: tl.constexpr = False,
 ):
     # SPLIT_K > 1 (few output tiles, long K): SPLIT_K programs per tile, each over a slice of K.
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
@@ -157,6 +157,12 @@ def fused_linear_kernel(
     x_ptrs = x_ptr + rows[:, None] * stride_xm + (k_first * BLOCK_K + offs_k[None, :]) * stride_xk
     w_ptrs = w_ptr + cols[None, :] * stride_wn + (k_first * BLOCK_K + offs_k[:, None]) * stride_wk  # W^T, in place
 
+    if VECTORS_FIRST:
+        # the epilogue's per-column vectors loaded and folded before the K loop: their global-load latency hides
+        # under it instead of following it, for the registers they hold across it (PERF_NOTES.md v34)
+        tl.static_assert(SPLIT_K == 1, "VECTORS_FIRST: only one program per tile applies the epilogue")
+        scale, shift = epilogue_vectors(offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias,
+                                        has_gamma, has_beta, eps, EPILOGUE)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(k_first, k_end):
         k_left = K - k * BLOCK_K
@@ -169,8 +175,10 @@ def fused_linear_kernel(
     in_tile = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
     if SPLIT_K == 1:
-        acc = epilogue(acc, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma,
-                       has_beta, eps, EPILOGUE)
+        if not VECTORS_FIRST:
+            scale, shift = epilogue_vectors(offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias,
+                                            has_gamma, has_beta, eps, EPILOGUE)
+        acc = apply_epilogue(acc, scale, shift, EPILOGUE)
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=in_tile)
     else:
         # Every program leaves its partial sum in the workspace; the last of the tile's programs to arrive

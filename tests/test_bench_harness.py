@@ -197,31 +197,47 @@ def test_time_contenders_interleaves_rounds_and_pools(monkeypatch):
 
 def test_tuner_rules_follow_bucket_order_and_reuse_the_table():
     """bench.tune: rules come out in bucket order with their bounds; a bucket not re-measured keeps the config the
-    current table gives its first shape (first-match, max_n included)."""
+    current table gives its first shape (first-match, max_n and max_k included)."""
     from bench import tune
-    a, b, c, d = ({"BLOCK_M": m} for m in (16, 64, 128, 256))
-    rules = tune.rules_for("linear_relu", {"skinny": a, "narrow_short": b, "narrow": b, "mid": c, "mid_wide": c,
+    a, b, c, d, e = ({"BLOCK_M": m} for m in (16, 64, 128, 256, 32))
+
+    def bounds(rules):
+        return [(r.get("max_m"), r.get("max_n"), r.get("max_k"), r["config"]) for r in rules]
+
+    def skinny(config, narrow=None, short=None):
+        return {"skinny_narrow": narrow or config, "skinny_short": short or config, "skinny": config}
+
+    rules = tune.rules_for("linear_relu", {**skinny(a), "narrow_short": b, "narrow": b, "mid": c, "mid_wide": c,
                                            "big": c})
-    assert [(r.get("max_m"), r.get("max_n"), r["config"]) for r in rules] == [(64, None, a), (1024, 1024, b),
-                                                                             (None, None, c)]
-    rules = tune.rules_for("linear_relu", {"skinny": a, "narrow_short": d, "narrow": b, "mid": c, "mid_wide": b,
-                                           "big": c})
-    assert [(r.get("max_m"), r.get("max_n"), r["config"]) for r in rules] == [
-        (64, None, a), (256, 1024, d), (1024, 1024, b), (512, 4096, c), (512, None, b), (None, None, c)]
-    # a rule whose bounds the next one's do not hold stays, even with the same config (skinny: any N)
-    rules = tune.rules_for("linear_relu", {"skinny": b, "narrow_short": b, "narrow": b, "mid": c, "mid_wide": c,
-                                           "big": c})
-    assert [(r.get("max_m"), r.get("max_n"), r["config"]) for r in rules] == [(64, None, b), (1024, 1024, b),
-                                                                             (None, None, c)]
+    assert bounds(rules) == [(64, None, None, a), (1024, 1024, None, b), (None, None, None, c)]
+    rules = tune.rules_for("linear_relu", {**skinny(a, narrow=e, short=d), "narrow_short": d, "narrow": b, "mid": c,
+                                           "mid_wide": b, "big": c})
+    assert bounds(rules) == [(64, 1024, None, e), (64, None, 1024, d), (64, None, None, a), (256, 1024, None, d),
+                             (1024, 1024, None, b), (512, 4096, None, c), (512, None, None, b), (None, None, None, c)]
+    # a rule whose bounds the next one's do not hold stays, even with the same config (skinny: any N; skinny_short
+    # and narrow_short: neither holds the other)
+    rules = tune.rules_for("linear_relu", {**skinny(b, short=d), "narrow_short": d, "narrow": b, "mid": c,
+                                           "mid_wide": c, "big": c})
+    assert bounds(rules) == [(64, 1024, None, b), (64, None, 1024, d), (64, None, None, b), (256, 1024, None, d),
+                             (1024, 1024, None, b), (None, None, None, c)]
     assert all(r["ops"] == ["linear_relu"] for r in rules)
     table = {"rules": {"half": [{"ops": ["linear_relu"], "max_m": 64, "config": a},
+                                {"max_m": 64, "max_k": 1024, "config": e},
                                 {"max_m": 1024, "max_n": 1024, "config": b}, {"config": c}]}}
     assert tune.table_config(table, "half", "linear_relu", (16, 4096, 4096)) == a
     assert tune.table_config(table, "half", "linear_bn_gelu_relu", (16, 1024, 4096)) == b  # rule 1: relu only
+    assert tune.table_config(table, "half", "linear_bn_gelu_relu", (16, 4096, 1024)) == e
     assert tune.table_config(table, "half", "linear_bn_gelu_relu", (16, 4096, 4096)) == c
     assert tune.table_config(table, "half", "linear_relu", (256, 1024, 4096)) == b
     assert tune.table_config(table, "half", "linear_relu", (256, 2048, 4096)) == c
-    assert list(tune.BUCKETS)[-1] == "big" and tune.BUCKETS["big"][:2] == (None, None)  # ends with a catch-all
+    assert list(tune.BUCKETS)[-1] == "big" and tune.BUCKETS["big"][0] == {}  # ends with a catch-all
+    for name, (_, shapes) in tune.BUCKETS.items():  # every bucket's shapes reach its own rule under first-match
+        for shape in shapes:
+            first = next(n for n, (bnds, _) in tune.BUCKETS.items()
+                         if all(bnds.get(b) is None or v <= bnds[b] for b, v in zip(tune.BOUNDS, shape)))
+            assert first == name, (shape, name, first)
+    for key, (_, _, candidates) in tune.CANDIDATES.items():  # every key has candidates for every bucket
+        assert set(candidates) == set(tune.BUCKETS), key
 
 
 def test_tuner_run_record_keeps_every_key():

@@ -162,6 +162,33 @@ def launched_grid():
     return int(torch.ops.fusedops._last_launch().rsplit("grid ", 1)[1].rstrip(")"))
 
 
+# ragged M, 16-aligned N and K (the aligned layout), spanning every bound the tables use (M 64 / 256 / 512 / 1024,
+# N 1024 / 4096, K 1024)
+RULE_PROBE_SHAPES = [(m, n, k) for m in (5, 61, 200, 300, 1000, 2100) for n in (272, 1024, 2064, 4112)
+                     for k in (512, 1040)]
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_every_table_variant_runs_right(op):
+    """Every aligned variant the tables route a call of op to on this GPU, reached through a call of its rule's
+    bounds, against fp64 and the variant the rules name: a config only the tuner has run (a new knob such as
+    VECTORS_FIRST, a bucket of its own) is checked here before any bench relies on it."""
+    arch = dispatch_arch()
+    wanted = {manifest()["variants"][r["variant"]]["name"]: r["precision"] for r in manifest()["rules"]
+              if (r["arch"], r["op"], r["layout"]) == (arch, op, "aligned")}
+    reached = {}
+    for precision_name in sorted(set(wanted.values())):
+        for m, n, k in RULE_PROBE_SHAPES:
+            v = expected_variant(op, precision_name, "aligned", m, n, k)
+            reached.setdefault(v["name"], (precision_name, m, n, k))
+    assert set(wanted) <= set(reached), f"no probe shape reaches {sorted(set(wanted) - set(reached))}"
+    for name, (precision_name, m, n, k) in sorted(reached.items()):
+        dtype, precision = call_dtype_and_precision(precision_name)
+        p = make_problem((m,), n, k, dtype, device="cuda", seed=m + n + k)
+        check(op, p, dtype, precision)
+        assert torch.ops.fusedops._last_launch().startswith(name + " "), (name, torch.ops.fusedops._last_launch())
+
+
 def split_k_calls(op):
     """(variant, precision name, dtype, precision, m, n, k) for each split-K variant that an aligned call of op goes
     to on this GPU: a K that splits unevenly and one shorter than the splits (empty slices), where it takes them."""

@@ -108,6 +108,12 @@ def test_knob_values_are_checked_and_named(monkeypatch):
     table_with({"SPLIT_K": 5})
     with pytest.raises(SystemExit, match="SPLIT_K must be one of"):
         build.plan_variants([90])
+    table_with({"VECTORS_FIRST": 1})
+    variants, _ = build.plan_variants([90])
+    assert any(v["name"].endswith("_vectors_first") and v["config"]["VECTORS_FIRST"] == 1 for v in variants)
+    table_with({"VECTORS_FIRST": 1, "SPLIT_K": 2})
+    with pytest.raises(SystemExit, match="VECTORS_FIRST applies only without split-K"):
+        build.plan_variants([90])
     table_with({"CTAS_PER_SM": 2})
     with pytest.raises(SystemExit, match="CTAS_PER_SM applies only to persistent kernels"):
         build.plan_variants([90])
