@@ -5,14 +5,13 @@
 
     python -m bench.tune --keys half --buckets narrow mid   # re-measure some buckets, keep the others
 
-For each tuning key (half, fp32_tf32, fp32_fp16, fp32_ieee) and op, every candidate config of a shape
-bucket (BUCKETS: skinny M, with narrow N or short K apart; few output tiles; mid M; big) is compiled from kernels/fused_linear.py (Triton
-JIT, which specialises unit strides and 16-divisible sizes just as the AOT 'aligned' layout does) and
-timed on that bucket's shapes with triton.testing.do_bench (median, L2 flushed before each run), after
-its output is checked against an fp64 reference and its SASS against the AOT build's wgmma rule (a wrong or
-refused candidate is dropped, not timed). A
-bucket's winner is the config with the best geometric mean of time / best time over its shapes. The
-'generic' layout keeps the table's existing entries: a correctness fallback, not the fast path.
+For each tuning key (half, fp32_tf32, fp32_fp16, fp32_ieee) and op, every candidate config of a shape bucket
+(BUCKETS: skinny M, with narrow N or short K apart; few output tiles; mid M; big) is compiled from
+kernels/fused_linear.py (Triton JIT, which specialises unit strides and 16-divisible sizes just as the AOT 'aligned'
+layout does) and timed on that bucket's shapes with triton.testing.do_bench (median, L2 flushed before each run),
+after its output is checked against an fp64 reference and its SASS against the AOT build's wgmma rule (a wrong or
+refused candidate is dropped, not timed). A bucket's winner is the config with the best geometric mean of time / best
+time over its shapes. The 'generic' layout keeps the table's existing entries: a correctness fallback, not the fast path.
 
 The same command retunes sm_89 when run on an RTX 4090; candidates that exceed the arch's shared
 memory or spill are dropped by the AOT build's own limits afterwards (it fails loudly).
@@ -38,8 +37,9 @@ BUCKETS = {
     # skinny M with few output columns or a short K: fewer W tiles to share out, so deeper split-K than the rest of
     # skinny wants (TF32 M 1 x N 1024 x K 4096 1.61x, M 64 x N 4096 x K 1024 1.55x under the skinny rule)
     "skinny_narrow": (dict(max_m=64, max_n=1024), [(1, 1024, 4096), (16, 1024, 4096), (64, 1024, 4096)]),
-    "skinny_short": (dict(max_m=64, max_k=1024), [(1, 4096, 1024), (16, 4096, 1024), (64, 4096, 1024),
-                                                   (64, 8192, 1024)]),
+    # ... and at K <= 1024 the GEMV-like M <= 16 apart from M <= 64 (TF32 M 1 x N 4096 x K 1024: 1.6x under one rule)
+    "tiny_short": (dict(max_m=16, max_k=1024), [(1, 4096, 1024), (16, 4096, 1024), (1, 8192, 1024)]),
+    "skinny_short": (dict(max_m=64, max_k=1024), [(64, 4096, 1024), (32, 4096, 1024), (64, 8192, 1024)]),
     "skinny": (dict(max_m=64), [(16, 4096, 4096), (64, 4096, 4096), (16, 8192, 8192), (1, 4096, 4096)]),
     # few output tiles (M x N small, K long): big tiles would leave most of the SMs idle. M 256 has a quarter of
     # M 1024's tiles, so the two get rules of their own (PERF_NOTES.md v31)
@@ -65,6 +65,12 @@ def cfg(bm, bn, bk, warps, stages, group=8, kernel="tiled", **switches):
 def wgmma(bm, bn, bk, warps, stages, **kw):
     """A config of the Gluon kernel for fp32 x on fp16 tensor cores (its weight is rounded to fp16 per call)."""
     return cfg(bm, bn, bk, warps, stages, kernel="wgmma", WEIGHT_FP16=1, **kw)
+
+
+def pingpong(bm, bn, bk, stages, **kw):
+    """A config of the Gluon kernel whose two consumer warpgroups take turns (fp16/bf16): BLOCK_M x BLOCK_N per
+    warpgroup, num_warps 4 per warpgroup."""
+    return cfg(bm, bn, bk, 4, stages, kernel="pingpong", **kw)
 
 
 def tma(*args, ws=False, slices=1, w16=False, ctas=1, **kw):
@@ -160,16 +166,19 @@ IEEE_NARROW = [cfg(64, 64, 32, 4, 3), cfg(32, 64, 32, 4, 3), cfg(64, 32, 32, 4, 
 IEEE_BIG = [cfg(64, 64, 32, 4, 3), cfg(128, 128, 32, 8, 3), cfg(128, 128, 16, 8, 3), cfg(128, 64, 32, 4, 3),
             cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2)]
 CANDIDATES = {  # key -> (dtype of x, the kernel's DOT, {bucket: candidate configs})
-    "half": (torch.float16, "native", dict(skinny_narrow=SKINNY, skinny_short=SKINNY, skinny=SKINNY,
+    "half": (torch.float16, "native", dict(skinny_narrow=SKINNY, tiny_short=SKINNY, skinny_short=SKINNY, skinny=SKINNY,
                                            narrow_short=HALF_NARROW, narrow=HALF_NARROW, mid=HALF_MID,
                                            mid_wide=HALF_MID, big=HALF_BIG)),
-    "fp32_tf32": (torch.float32, "tf32", dict(skinny_narrow=SKINNY_FP32_FEW, skinny_short=SKINNY_FP32_FEW,
+    "fp32_tf32": (torch.float32, "tf32", dict(skinny_narrow=SKINNY_FP32_FEW, tiny_short=SKINNY_FP32_FEW,
+                                              skinny_short=SKINNY_FP32_FEW,
                                               skinny=SKINNY_FP32, narrow_short=FP32_NARROW, narrow=FP32_NARROW,
                                               mid=FP32_MID, mid_wide=FP32_MID, big=FP32_BIG)),
-    "fp32_fp16": (torch.float32, "fp16", dict(skinny_narrow=SKINNY_FP32_FEW, skinny_short=SKINNY_FP32_FEW,
+    "fp32_fp16": (torch.float32, "fp16", dict(skinny_narrow=SKINNY_FP32_FEW, tiny_short=SKINNY_FP32_FEW,
+                                              skinny_short=SKINNY_FP32_FEW,
                                               skinny=SKINNY_FP32, narrow_short=FP32_NARROW, narrow=FP32_NARROW,
                                               mid=FP32_MID, mid_wide=FP32_MID, big=FP32_FP16_BIG)),
-    "fp32_ieee": (torch.float32, "ieee", dict(skinny_narrow=IEEE_SKINNY, skinny_short=IEEE_SKINNY, skinny=IEEE_SKINNY,
+    "fp32_ieee": (torch.float32, "ieee", dict(skinny_narrow=IEEE_SKINNY, tiny_short=IEEE_SKINNY,
+                                              skinny_short=IEEE_SKINNY, skinny=IEEE_SKINNY,
                                               narrow_short=IEEE_NARROW, narrow=IEEE_NARROW,
                                               mid=IEEE_NARROW + IEEE_BIG[1:], mid_wide=IEEE_NARROW + IEEE_BIG[1:],
                                               big=IEEE_BIG)),
@@ -209,7 +218,8 @@ def jit_runner(op, dot, config, x, w, y, vectors):
         wk = w.to(torch.float16) if weight_fp16 else w
         if kernel["persistent"]:  # (the TMA and the Gluon kernel take the same arguments)
             run.compiled = function[grid](
-                x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta)
+                x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta,
+                **kernel.get("options", {}))
         else:
             partials = torch.empty(split_k * M * N, device=x.device, dtype=torch.float32) if split_k > 1 else unused
             run.compiled = function[(tiles * split_k,)](
