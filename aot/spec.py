@@ -23,11 +23,6 @@ KERNELS = {
     "wgmma": {"source": "kernels/fused_linear_gluon.py", "function": "fused_linear_wgmma_kernel",
               "layouts": ("aligned",), "min_arch": 90, "max_arch": 90, "dots": ("fp16",), "persistent": True,
               "stages_constexpr": True, "knobs": {}, "requires": {"WEIGHT_FP16": 1}},
-    # fp16/bf16 with two consumer warpgroups taking turns, one's epilogue under the other's main loop (Hopper wgmma);
-    # "options": compile options beyond num_warps/num_stages (registers for its three warpgroups: see the kernel)
-    "pingpong": {"source": "kernels/fused_linear_pingpong.py", "function": "fused_linear_pingpong_kernel",
-                 "layouts": ("aligned",), "min_arch": 90, "max_arch": 90, "dots": ("native",), "persistent": True,
-                 "stages_constexpr": True, "knobs": {}, "requires": {}, "options": {"maxnreg": 168}},
 }
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench import EPS, SEED_PROBLEMS, composite, rel_err  # noqa: E402
 from bench.timing import round_order, time_cuda  # noqa: E402
-from bench.tune import cfg, jit_runner, pingpong, tma, wgmma  # noqa: E402
+from bench.tune import cfg, jit_runner, tma, wgmma  # noqa: E402
 
 
 AOT = None  # the built op itself, through torch.ops.fusedops (whatever the tables pick)
@@ -205,24 +205,6 @@ GROUPS = {
         ("tiled 64x128x64 w4 s8", cfg(64, 128, 64, 4, 8)),
         ("tma 128x128x64 w4 s3 4 slices 2 CTAs/SM", tma(128, 128, 64, 4, 3, slices=4, ctas=2)),
     ]),
-    # two consumer warpgroups taking turns: one's epilogue under the other's main loop (session 7)
-    "k1024_bn_pingpong": ("linear_bn_gelu_relu", 4096, 4096, 1024, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("pingpong 64x256x64 s5", pingpong(64, 256, 64, 5)),
-        ("pingpong 64x256x64 s4", pingpong(64, 256, 64, 4)),
-        ("pingpong 128x128x64 s6", pingpong(128, 128, 64, 6)),
-        ("pingpong 64x256x32 s8", pingpong(64, 256, 32, 8)),
-    ]),
-    "k1024_relu_pingpong": ("linear_relu", 4096, 4096, 1024, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("pingpong 64x256x64 s5", pingpong(64, 256, 64, 5)),
-        ("pingpong 128x128x64 s6", pingpong(128, 128, 64, 6)),
-    ]),
-    "p41_pingpong": ("linear_bn_gelu_relu", *P41, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("pingpong 64x256x64 s5", pingpong(64, 256, 64, 5)),
-        ("pingpong 128x128x64 s6", pingpong(128, 128, 64, 6)),
-    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -236,8 +218,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p76_tf32_flat": "lt_relu", "p41_half_flat": "mm",
     "p41_fp32_fp16_tiled": "mm16", "p76_half": "mm", "p41_group_m": "mm", "p76_group_m": "mm",
     "p41_fp32_fp16_wgmma": "mm16", "p41_relu_fp32_fp16_wgmma": "mm16", "m256_n8192_half": "mm",
-    "m256_n4096_half": "mm", "p76_tf32_deep": "lt_relu", "k1024_bn_half": "mm", "k1024_bn_pingpong": "mm",
-    "k1024_relu_pingpong": "mm", "p41_pingpong": "mm",
+    "m256_n4096_half": "mm", "p76_tf32_deep": "lt_relu", "k1024_bn_half": "mm",
 }
 
 
