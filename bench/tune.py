@@ -297,6 +297,17 @@ def table_config(table, key, op, shape):
     raise SystemExit(f"the current table has no {key} rule for {op} at {shape}; tune every bucket (--buckets all)")
 
 
+def with_incumbents(candidates, table, key, op, shapes):
+    """The bucket's candidates plus every config the current table gives one of its shapes: a re-measured bucket then
+    never moves to a config slower than what its shapes ran before (PERF_NOTES.md v37)."""
+    extra = []
+    for shape in shapes:
+        config = table_config(table, key, op, shape)
+        if config not in candidates and config not in extra:
+            extra.append(config)
+    return list(candidates) + extra
+
+
 def rules_for(op, configs):
     """Rules for one op from {bucket: config}, in bucket order. A rule is dropped where the next one has the same
     config and bounds that hold it (e.g. narrow_short inside narrow, anything inside the catch-all): every shape it
@@ -347,7 +358,8 @@ def main():
             configs = {}
             for name, (_, shapes) in BUCKETS.items():
                 if name in measure:
-                    configs[name], evidence[f"{key}/{op}/{name}"] = pick(op, key, name, shapes, candidates[name])
+                    configs[name], evidence[f"{key}/{op}/{name}"] = pick(
+                        op, key, name, shapes, with_incumbents(candidates[name], table, key, op, shapes))
                 else:
                     configs[name] = table_config(table, key, op, shapes[0])
             rules += rules_for(op, configs)

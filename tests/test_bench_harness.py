@@ -245,6 +245,18 @@ def test_tuner_rules_follow_bucket_order_and_reuse_the_table():
         assert set(candidates) == set(tune.BUCKETS), key
 
 
+def test_tuner_times_what_the_table_runs_now():
+    """A re-measured bucket's candidates include the configs the current table gives its shapes (once each), so a
+    retune cannot replace them with something it never compared against them."""
+    from bench import tune
+    a, b, c = ({"BLOCK_M": m} for m in (16, 64, 128))
+    table = {"rules": {"half": [{"max_m": 64, "config": a}, {"max_m": 1024, "max_n": 1024, "config": b},
+                                {"config": c}]}}
+    got = tune.with_incumbents([a], table, "half", "linear_relu", [(16, 4096, 4096), (1024, 1024, 4096),
+                                                                  (2048, 1024, 4096), (4096, 4096, 1024)])
+    assert got == [a, b, c]
+
+
 def test_tuner_run_record_keeps_every_key():
     """bench.tune's record of what measured the table: the keys of one invocation, and of a second invocation over
     the same buckets on the same day (half, then fp32_tf32), end up in one entry; other buckets start a new one."""
