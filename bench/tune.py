@@ -11,7 +11,8 @@ kernels/fused_linear.py (Triton JIT, which specialises unit strides and 16-divis
 layout does) and timed on that bucket's shapes with triton.testing.do_bench (median, L2 flushed before each run),
 after its output is checked against an fp64 reference and its SASS against the AOT build's wgmma rule (a wrong or
 refused candidate is dropped, not timed). A bucket's winner is the config with the best geometric mean of time / best
-time over its shapes. The 'generic' layout keeps the table's existing entries: a correctness fallback, not the fast path.
+time over its shapes; the configs the table gives those shapes now are timed beside the candidates. The 'generic'
+layout keeps the table's existing entries: a correctness fallback, not the fast path.
 
 The same command retunes sm_89 when run on an RTX 4090; candidates that exceed the arch's shared
 memory or spill are dropped by the AOT build's own limits afterwards (it fails loudly).
@@ -299,7 +300,7 @@ def table_config(table, key, op, shape):
 
 def with_incumbents(candidates, table, key, op, shapes):
     """The bucket's candidates plus every config the current table gives one of its shapes: a re-measured bucket then
-    never moves to a config slower than what its shapes ran before (PERF_NOTES.md v37)."""
+    moves only to a config that beat, over its shapes, what they ran before (PERF_NOTES.md v37)."""
     extra = []
     for shape in shapes:
         config = table_config(table, key, op, shape)
