@@ -55,6 +55,12 @@ def plan_variants(archs):
         if kernel_spec["dots"] is not None and spec.PRECISIONS[precision][1] not in kernel_spec["dots"]:
             raise SystemExit(f"tuning table for sm_{arch}: KERNEL {kernel!r} serves DOT {kernel_spec['dots']} only; "
                              f"{op} {precision} asks for it")
+        known = {*spec.CONFIG_KEYS, "KERNEL", *kernel_spec["knobs"], *spec.LAUNCHER_KNOBS}
+        unknown = set(config) - known
+        if unknown:  # e.g. a knob of another kernel: it would be ignored without a word
+            raise SystemExit(f"tuning table for sm_{arch}: {op} {precision} sets {sorted(unknown)}, which KERNEL "
+                             f"{kernel!r} does not take (its knobs: {sorted(kernel_spec['knobs'])}; launcher knobs: "
+                             f"{sorted(spec.LAUNCHER_KNOBS)})")
         knobs = {k: int(config.get(k, default)) for k, default in kernel_spec["knobs"].items()}
         knobs.update({k: int(config.get(k, default)) for k, default in spec.LAUNCHER_KNOBS.items()})
         for name, value in knobs.items():

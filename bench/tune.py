@@ -35,8 +35,9 @@ from bench.bench import TOLERANCE, composite, rel_err  # noqa: E402
 # Shape buckets, in rule order (the first rule whose bounds hold wins at run time):
 # name -> (bounds: max_m / max_n / max_k, each absent = unbounded; shapes (M, N, K) timed for it)
 BUCKETS = {
-    # skinny M with few output columns or a short K: fewer W tiles to share out, so deeper split-K than the rest of
-    # skinny wants (TF32 M 1 x N 1024 x K 4096 1.61x, M 64 x N 4096 x K 1024 1.55x under the skinny rule)
+    # skinny M with few output columns (few W tiles to share out: deeper split-K) or a short K (a short loop per
+    # program: no split) apart from the rest (TF32 M 1 x N 1024 x K 4096 1.61x, M 64 x N 4096 x K 1024 1.55x under
+    # one skinny rule, PERF_NOTES.md v35)
     "skinny_narrow": (dict(max_m=64, max_n=1024), [(1, 1024, 4096), (16, 1024, 4096), (64, 1024, 4096)]),
     # ... and at K <= 1024 the GEMV-like M <= 16 apart from M <= 64 (TF32 M 1 x N 4096 x K 1024: 1.6x under one rule)
     "tiny_short": (dict(max_m=16, max_k=1024), [(1, 4096, 1024), (16, 4096, 1024), (1, 8192, 1024)]),
@@ -288,14 +289,22 @@ def pick(op, key, bucket, shapes, candidates):
     return candidates[winner], {"shapes": shapes, "ms": times[winner]}
 
 
-def table_config(table, key, op, shape):
-    """The config the current table gives this shape (the runtime's first-match rule)."""
+def current_config(table, key, op, shape):
+    """The config the current table gives this shape (the runtime's first-match rule), or None where it has none."""
     m, n, k = shape
     for rule in table["rules"].get(key, []):
         if op in rule.get("ops", [op]) and all(rule.get(b) is None or v <= rule[b]
                                                for b, v in zip(BOUNDS, (m, n, k))):
             return rule["config"]
-    raise SystemExit(f"the current table has no {key} rule for {op} at {shape}; tune every bucket (--buckets all)")
+    return None
+
+
+def table_config(table, key, op, shape):
+    """current_config, for a bucket that is not re-measured: it must have one."""
+    config = current_config(table, key, op, shape)
+    if config is None:
+        raise SystemExit(f"the current table has no {key} rule for {op} at {shape}; tune every bucket (--buckets all)")
+    return config
 
 
 def with_incumbents(candidates, table, key, op, shapes):
@@ -303,8 +312,8 @@ def with_incumbents(candidates, table, key, op, shapes):
     moves only to a config that beat, over its shapes, what they ran before (PERF_NOTES.md v37)."""
     extra = []
     for shape in shapes:
-        config = table_config(table, key, op, shape)
-        if config not in candidates and config not in extra:
+        config = current_config(table, key, op, shape)  # (none for an op or key the table does not know yet)
+        if config is not None and config not in candidates and config not in extra:
             extra.append(config)
     return list(candidates) + extra
 

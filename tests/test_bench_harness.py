@@ -255,6 +255,8 @@ def test_tuner_times_what_the_table_runs_now():
     got = tune.with_incumbents([a], table, "half", "linear_relu", [(16, 4096, 4096), (1024, 1024, 4096),
                                                                   (2048, 1024, 4096), (4096, 4096, 1024)])
     assert got == [a, b, c]
+    # an op the table has no rule for yet (a new epilogue): no incumbent, the candidates alone
+    assert tune.with_incumbents([a], table, "fp32_tf32", "linear_relu", [(16, 4096, 4096)]) == [a]
 
 
 def test_tuner_run_record_keeps_every_key():

@@ -191,7 +191,8 @@ def test_every_table_variant_runs_right(op):
 
 def split_k_calls(op):
     """(variant, precision name, dtype, precision, m, n, k) for each split-K variant that an aligned call of op goes
-    to on this GPU: a K that splits unevenly and one shorter than the splits (empty slices), where it takes them."""
+    to on this GPU: a K that splits unevenly and one shorter than the splits (empty slices), where a call in its
+    rule's bounds reaches it (an earlier rule may hold some of them: the first shape that reaches it is taken)."""
     arch = dispatch_arch()
     for rule in manifest()["rules"]:
         v = manifest()["variants"][rule["variant"]]
@@ -199,10 +200,12 @@ def split_k_calls(op):
             continue
         dtype, precision = call_dtype_and_precision(rule["precision"])
         m = min(rule["max_m"], 300) if rule["max_m"] > 0 else 300
-        n = min(rule["max_n"], 272) if rule["max_n"] > 0 else 272
         for k in (1040, 48):
-            if expected_variant(op, rule["precision"], "aligned", m, n, k)["name"] == v["name"]:
-                yield v, rule["precision"], dtype, precision, m, n, k
+            for n in (272, 1040, 2064):
+                if rule["max_n"] < 0 or n <= rule["max_n"]:
+                    if expected_variant(op, rule["precision"], "aligned", m, n, k)["name"] == v["name"]:
+                        yield v, rule["precision"], dtype, precision, m, n, k
+                        break
 
 
 @pytest.mark.parametrize("op", OPS)

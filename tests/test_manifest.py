@@ -102,6 +102,10 @@ def test_knob_values_are_checked_and_named(monkeypatch):
             rule["config"]["KERNEL"] = kernel
         monkeypatch.setattr(build, "load_tuning_table", lambda arch: (source, table))
 
+    # the variant the edited rule (the first fp32_tf32 one) gets with VECTORS_FIRST: not in the shipped table
+    edited = "fp32_tf32__sm90__aligned__m{BLOCK_M}n{BLOCK_N}k{BLOCK_K}g{GROUP_M}w{num_warps}s{num_stages}".format(
+        **original["rules"]["fp32_tf32"][0]["config"]) + "_vectors_first"
+    assert not any(v["name"].endswith(edited) for v in build.plan_variants([90])[0])
     table_with({"SPLIT_K": 2})
     variants, _ = build.plan_variants([90])
     assert any(v["name"].endswith("_split_k2") and v["config"]["SPLIT_K"] == 2 for v in variants)
@@ -110,9 +114,12 @@ def test_knob_values_are_checked_and_named(monkeypatch):
         build.plan_variants([90])
     table_with({"VECTORS_FIRST": 1})
     variants, _ = build.plan_variants([90])
-    assert any(v["name"].endswith("_vectors_first") and v["config"]["VECTORS_FIRST"] == 1 for v in variants)
+    assert any(v["name"].endswith(edited) and v["config"]["VECTORS_FIRST"] == 1 for v in variants)
     table_with({"VECTORS_FIRST": 1, "SPLIT_K": 2})
     with pytest.raises(SystemExit, match="VECTORS_FIRST applies only without split-K"):
+        build.plan_variants([90])
+    table_with({"VECTORS_FIRST": 1}, kernel="tma")  # a knob of another kernel is refused, not ignored
+    with pytest.raises(SystemExit, match=r"sets \['VECTORS_FIRST'\], which KERNEL 'tma' does not take"):
         build.plan_variants([90])
     table_with({"CTAS_PER_SM": 2})
     with pytest.raises(SystemExit, match="CTAS_PER_SM applies only to persistent kernels"):
