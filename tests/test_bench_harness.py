@@ -236,11 +236,11 @@ def test_tuner_rules_follow_bucket_order_and_reuse_the_table():
     assert tune.table_config(table, "half", "linear_relu", (256, 1024, 4096)) == b
     assert tune.table_config(table, "half", "linear_relu", (256, 2048, 4096)) == c
     assert list(tune.BUCKETS)[-1] == "big" and tune.BUCKETS["big"][0] == {}  # ends with a catch-all
-    for name, (_, shapes) in tune.BUCKETS.items():  # every bucket's shapes reach its own rule under first-match
+    # every bucket's shapes reach its own rule under first-match (a table with one distinct config per bucket)
+    own = {"rules": {"half": tune.rules_for("linear_relu", {name: {"bucket": name} for name in tune.BUCKETS})}}
+    for name, (_, shapes) in tune.BUCKETS.items():
         for shape in shapes:
-            first = next(n for n, (bnds, _) in tune.BUCKETS.items()
-                         if all(bnds.get(b) is None or v <= bnds[b] for b, v in zip(tune.BOUNDS, shape)))
-            assert first == name, (shape, name, first)
+            assert tune.current_config(own, "half", "linear_relu", shape) == {"bucket": name}, (shape, name)
     for key, (_, _, candidates) in tune.CANDIDATES.items():  # every key has candidates for every bucket
         assert set(candidates) == set(tune.BUCKETS), key
 
