@@ -16,24 +16,19 @@ per-column vectors) and one in `apply_epilogue` (its arithmetic), plus one line 
 import triton
 import triton.language as tl
 
-# relu(gelu(v)) = v * (1 - erfc(v / sqrt2) / 2) for v > 0, else 0. erfc by Abramowitz & Stegun 7.1.26
-# (|error| <= 1.5e-7, a third of libdevice erff's instructions), with its constants pre-scaled for v:
-#   erfc(v / sqrt2) / 2 = t * (H1 + t*(H2 + t*(H3 + t*(H4 + t*H5)))) * 2^(v * v * NEG_HALF_LOG2E),
-#   t = 1 / (1 + P_V * v),  H_i = A_i / 2,  P_V = P / sqrt2,  NEG_HALF_LOG2E = -log2(e) / 2.
-ERF_P_V = tl.constexpr(0.3275911 * 0.7071067811865476)
-ERF_H1 = tl.constexpr(0.5 * 0.254829592)
-ERF_H2 = tl.constexpr(0.5 * -0.284496736)
-ERF_H3 = tl.constexpr(0.5 * 1.421413741)
-ERF_H4 = tl.constexpr(0.5 * -1.453152027)
-ERF_H5 = tl.constexpr(0.5 * 1.061405429)
-NEG_HALF_LOG2E = tl.constexpr(-0.7213475204444817)
-
-
-@triton.jit
-def fast_rcp(x):
-    """1 / x in one MUFU.RCP (flush-to-zero approximation, 1 ulp)."""
-    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
-                                     pack=1)
+# relu(gelu(v)) = v * (1 - h(v)) for v > 0, else 0, with h(v) = erfc(v / sqrt2) / 2, the Gaussian upper tail.
+# log2(h) is smooth on [0, inf) (-1 at 0, then ~ -v^2 log2(e) / 2), so a degree-5 polynomial gives it to a few 1e-7
+# of the result on [0, GELU_TAIL_MAX], and one MUFU.EX2 gives h. Abramowitz-Stegun 7.1.26 (v5-v37) took a MUFU.RCP
+# besides, and MUFU runs at 16 lanes a clock per SM, an eighth of the FMA pipe (PERF_NOTES.md v38). Coefficients: a
+# minimax fit of the result's relative error, by scripts/fit_gelu_tail.py. Beyond the clamp h < 2.9e-7, so the
+# result v * (1 - h(GELU_TAIL_MAX)) is within that of the exact one.
+GELU_TAIL_MAX = tl.constexpr(5.0)
+GELU_TAIL_C0 = tl.constexpr(-1.0000003576278687)
+GELU_TAIL_C1 = tl.constexpr(-1.1510951519012451)
+GELU_TAIL_C2 = tl.constexpr(-0.45922791957855225)
+GELU_TAIL_C3 = tl.constexpr(-0.052603527903556824)
+GELU_TAIL_C4 = tl.constexpr(0.007421558722853661)
+GELU_TAIL_C5 = tl.constexpr(-0.0005249511450529099)
 
 
 @triton.jit
@@ -45,14 +40,13 @@ def fast_exp2(x):
 
 @triton.jit
 def relu_gelu(v):
-    """relu(gelu_erf(v)) in ~15 instructions: only v > 0 survives the relu, so erf is needed on v >= 0 only.
-    Worst relative error 6.3e-7 against fp64 (torch's own fp32 gelu: 3.6e-7). Flushing to zero is exact here:
-    it only happens where erfc < 1e-30 vanishes beside 1 anyway. NaN and -inf give NaN, +inf gives +inf,
-    as in torch."""
-    t = fast_rcp(1.0 + ERF_P_V * v)  # lanes with v <= 0 compute garbage that the select below drops
-    half_erfc = t * (ERF_H1 + t * (ERF_H2 + t * (ERF_H3 + t * (ERF_H4 + t * ERF_H5)))) * fast_exp2(
-        v * (v * NEG_HALF_LOG2E))
-    return tl.where(v > 0, v * (1.0 - half_erfc), v * 0.0)  # v * 0.0: 0, or NaN for NaN/-inf as torch
+    """relu(gelu_erf(v)) in ~12 instructions, one of them MUFU: only v > 0 survives the relu, so the tail h is
+    needed on v >= 0 only. Worst relative error 4.3e-7 against fp64 (torch's own fp32 gelu: 3.6e-7). NaN and -inf
+    give NaN, +inf gives +inf, v < 0 gives +0, as in torch."""
+    t = tl.minimum(v, GELU_TAIL_MAX)  # lanes with v <= 0 compute garbage that the select below drops
+    log2_h = GELU_TAIL_C0 + t * (GELU_TAIL_C1 + t * (GELU_TAIL_C2 + t * (GELU_TAIL_C3 + t * (
+        GELU_TAIL_C4 + t * GELU_TAIL_C5))))
+    return tl.where(v > 0, v * (1.0 - fast_exp2(log2_h)), v - v)  # v - v: +0, or NaN for NaN and +-inf
 
 
 @triton.jit

@@ -39,3 +39,20 @@ def test_generated_code_is_not_tracked():
     files = tracked.stdout.split()
     assert not [f for f in files if f.endswith((".cubin", ".ptx", ".so")) or f.startswith("build/")
                 or f.endswith("fusedops_kernels.cpp")]
+
+
+def test_gelu_tail_constants_meet_their_bound():
+    """The GELU epilogue's polynomial constants (kernels/fused_linear.py), run through the kernel's arithmetic in
+    fp32 by scripts/fit_gelu_tail.py, stay within the 4.3e-7 relative error the kernel promises (the GPU tests
+    check the compiled epilogue itself, value by value)."""
+    pytest.importorskip("triton")
+    import importlib.util
+    sys.path.insert(0, str(REPO))
+    from kernels import fused_linear
+    spec = importlib.util.spec_from_file_location("fit_gelu_tail", REPO / "scripts" / "fit_gelu_tail.py")
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    constants = [getattr(fused_linear, f"GELU_TAIL_C{i}").value for i in range(6)]
+    assert not hasattr(fused_linear, "GELU_TAIL_C6"), "a new term: update this test's degree"
+    assert fit.fp32_worst_error(constants, fused_linear.GELU_TAIL_MAX.value) < 4.3e-7
+    assert fit.fp32_worst_error(constants[:-1] + [0.0], fused_linear.GELU_TAIL_MAX.value) > 1e-6  # it can fail

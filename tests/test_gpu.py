@@ -276,6 +276,39 @@ def test_eps_and_zero_variance():
         check("linear_bn_gelu_relu", p, torch.float32, "ieee", eps=eps)
 
 
+EPILOGUE_SPECIAL_VALUES = (float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-30, -1e-30, 3e38, -3e38)
+
+
+@pytest.mark.parametrize("dtype,precision", CASES, ids=lambda c: str(c).replace("torch.", ""))
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("m,n", [(1, 1024), (100, 4096), (2048, 4096)])
+def test_epilogue_value_by_value_and_special_values(op, dtype, precision, m, n):
+    """A zero weight makes every output element the epilogue of its column's bias alone (BatchNorm set to the
+    identity), so the epilogue arithmetic (the GELU tail polynomial included) is checked value by value over
+    [-12, 12], and at NaN, +-inf, +-0, tiny and huge values, in the kernel each M goes to (skinny split-K, tiled,
+    persistent). fp32 outputs: within 1e-6 relative of fp64 (the fit's bound is 4.3e-7); half outputs: within
+    one unit in the last place of the rounded fp64 value. NaN where torch gives NaN, +0 for negative values."""
+    grid = torch.linspace(-12, 12, n - len(EPILOGUE_SPECIAL_VALUES), dtype=torch.float64)
+    pre = torch.cat([torch.tensor(EPILOGUE_SPECIAL_VALUES, dtype=torch.float64), grid]).float().double()
+    p = make_problem((m,), n, 64, dtype, device="cuda")
+    p["weight"].zero_()
+    p.update(bias=pre.float().cuda(), running_mean=torch.zeros(n, device="cuda"),
+             running_var=torch.ones(n, device="cuda"), bn_weight=torch.ones(n, device="cuda"),
+             bn_bias=torch.zeros(n, device="cuda"))
+    want = torch.relu(pre) if op == "linear_relu" else torch.relu(torch.nn.functional.gelu(pre))
+    out = run_fused(op, p, 0.0, **({} if precision is None else {"precision": precision}))
+    out = out.double().cpu()
+    assert torch.equal(out.isnan(), want.isnan().expand_as(out)), "NaN where torch has none, or none where it has"
+    negative = (pre < 0) & ~want.isnan()
+    assert not torch.signbit(out[:, negative]).any(), "negative values must give +0, as torch.relu does"
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, want.expand_as(out), rtol=1e-6, atol=0, equal_nan=True)
+    else:
+        rounded = want.to(dtype).double()
+        ulp = torch.finfo(dtype)
+        torch.testing.assert_close(out, rounded.expand_as(out), rtol=ulp.eps, atol=ulp.tiny * ulp.eps, equal_nan=True)
+
+
 def test_precision_auto_follows_torch_setting():
     p = make_problem((64,), 64, 64, torch.float32, device="cuda")
     old = torch.backends.cuda.matmul.allow_tf32
