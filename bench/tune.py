@@ -101,12 +101,16 @@ HALF_BIG = [cfg(128, 256, 64, 8, 3), cfg(128, 128, 64, 8, 4), cfg(128, 128, 64, 
             cfg(64, 256, 64, 4, 4), cfg(128, 256, 64, 8, 4), cfg(128, 128, 64, 4, 4),
             tma(128, 256, 64, 8, 3), tma(128, 128, 64, 8, 4), tma(128, 256, 64, 8, 4), tma(128, 128, 64, 4, 3),
             tma(128, 256, 64, 8, 3, ws=True), tma(128, 128, 64, 8, 4, ws=True),
-            tma(128, 128, 64, 4, 3, slices=4, ctas=2)]
+            tma(128, 128, 64, 4, 3, slices=4, ctas=2),
+            # the same shared memory as 64 x 3 in finer stages: more of it in flight while one is consumed (v39)
+            tma(128, 256, 32, 8, 5), tma(128, 256, 32, 8, 6)]
 FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 8, 3), cfg(64, 256, 32, 4, 4),
             cfg(256, 128, 32, 8, 3), cfg(128, 128, 32, 4, 3), cfg(128, 128, 32, 4, 4),
             tma(128, 128, 32, 8, 3), tma(128, 128, 32, 8, 4), tma(128, 128, 64, 8, 2),
             # a 128x256 fp32 output tile needs the split store to fit its staging buffer beside 3 stages
-            tma(128, 256, 32, 8, 3, slices=2), tma(256, 128, 32, 8, 3, slices=2)]
+            tma(128, 256, 32, 8, 3, slices=2), tma(256, 128, 32, 8, 3, slices=2),
+            # a fourth stage in room made by 4 slices: bytes in flight for inputs rotated past the L2 (v39)
+            tma(128, 256, 32, 8, 4, slices=4), tma(256, 128, 32, 8, 4, slices=4)]
 # fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only. Candidates
 # whose register-A wgmma stay in flight across the conversions are refused (PERF_NOTES.md v19): with triton 3.8 that
 # is every TMA one here; the Gluon kernel keeps one in flight safely (v25-v27).
