@@ -51,6 +51,9 @@ BUCKETS = {
     # wide N at mid M: enough output tiles for bigger ones (M 256 x N 8192: 128x64 tiles 1.41x cuBLAS, 128x128
     # 1.17x on the H200, PERF_NOTES.md v28)
     "mid_wide": (dict(max_m=512), [(256, 8192, 8192), (128, 8192, 8192), (512, 8192, 8192)]),
+    # M <= 1024 at K <= 1024: about one wave of the big rule's 128x256 tiles (M 1024 x N 4096: 128 tiles on 132 SMs),
+    # each a short loop, so neither the epilogue nor the pipeline fill is amortised (fp16 BN 1.27x there, v40)
+    "short": (dict(max_m=1024, max_k=1024), [(1024, 4096, 1024), (1024, 8192, 1024), (768, 4096, 1024)]),
     "big": (dict(), [(16384, 4096, 4096), (1024, 8192, 8192), (4096, 4096, 4096), (4096, 1024, 4096),
                      (16384, 4096, 1024)]),
 }
@@ -165,23 +168,29 @@ IEEE_SKINNY = [cfg(64, 64, 32, 4, 3), cfg(16, 64, 128, 4, 3), cfg(32, 64, 64, 4,
 IEEE_NARROW = [cfg(64, 64, 32, 4, 3), cfg(32, 64, 32, 4, 3), cfg(64, 32, 32, 4, 3)]
 IEEE_BIG = [cfg(64, 64, 32, 4, 3), cfg(128, 128, 32, 8, 3), cfg(128, 128, 16, 8, 3), cfg(128, 64, 32, 4, 3),
             cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2)]
+# one wave of tiles at K <= 1024: the big tiles, the deep pipelines, and 2-CTA/SM tiles whose epilogues overlap
+HALF_SHORT = HALF_BIG + [c for c in DEEP_HALF if c not in HALF_BIG] + [
+    vectors_first(cfg(128, 128, 64, 4, 3)), vectors_first(cfg(128, 128, 64, 8, 4)), vectors_first(cfg(64, 128, 64, 4, 8))]
+FP32_SHORT = FP32_BIG + [c for c in DEEP_FP32 if c not in FP32_BIG] + [
+    vectors_first(cfg(128, 128, 32, 4, 3)), vectors_first(cfg(64, 128, 32, 4, 8))]
 CANDIDATES = {  # key -> (dtype of x, the kernel's DOT, {bucket: candidate configs})
     "half": (torch.float16, "native", dict(skinny_narrow=SKINNY, tiny_short=SKINNY, skinny_short=SKINNY, skinny=SKINNY,
                                            narrow_short=HALF_NARROW, narrow=HALF_NARROW, mid=HALF_MID,
-                                           mid_wide=HALF_MID, big=HALF_BIG)),
+                                           mid_wide=HALF_MID, short=HALF_SHORT, big=HALF_BIG)),
     "fp32_tf32": (torch.float32, "tf32", dict(skinny_narrow=SKINNY_FP32_FEW, tiny_short=SKINNY_FP32_FEW,
                                               skinny_short=SKINNY_FP32_FEW,
                                               skinny=SKINNY_FP32, narrow_short=FP32_NARROW, narrow=FP32_NARROW,
-                                              mid=FP32_MID, mid_wide=FP32_MID, big=FP32_BIG)),
+                                              mid=FP32_MID, mid_wide=FP32_MID, short=FP32_SHORT, big=FP32_BIG)),
     "fp32_fp16": (torch.float32, "fp16", dict(skinny_narrow=SKINNY_FP32_FEW, tiny_short=SKINNY_FP32_FEW,
                                               skinny_short=SKINNY_FP32_FEW,
                                               skinny=SKINNY_FP32, narrow_short=FP32_NARROW, narrow=FP32_NARROW,
-                                              mid=FP32_MID, mid_wide=FP32_MID, big=FP32_FP16_BIG)),
+                                              mid=FP32_MID, mid_wide=FP32_MID, short=FP32_FP16_BIG,
+                                              big=FP32_FP16_BIG)),
     "fp32_ieee": (torch.float32, "ieee", dict(skinny_narrow=IEEE_SKINNY, tiny_short=IEEE_SKINNY,
                                               skinny_short=IEEE_SKINNY, skinny=IEEE_SKINNY,
                                               narrow_short=IEEE_NARROW, narrow=IEEE_NARROW,
                                               mid=IEEE_NARROW + IEEE_BIG[1:], mid_wide=IEEE_NARROW + IEEE_BIG[1:],
-                                              big=IEEE_BIG)),
+                                              short=IEEE_BIG, big=IEEE_BIG)),
 }
 
 

@@ -209,20 +209,21 @@ def test_tuner_rules_follow_bucket_order_and_reuse_the_table():
                 "skinny": config}
 
     rules = tune.rules_for("linear_relu", {**skinny(a), "narrow_short": b, "narrow": b, "mid": c, "mid_wide": c,
-                                           "big": c})
+                                           "short": c, "big": c})
     assert bounds(rules) == [(64, None, None, a), (1024, 1024, None, b), (None, None, None, c)]
     rules = tune.rules_for("linear_relu", {**skinny(a, narrow=e, short=d), "narrow_short": d, "narrow": b, "mid": c,
-                                           "mid_wide": b, "big": c})
+                                           "mid_wide": b, "short": e, "big": c})
     assert bounds(rules) == [(64, 1024, None, e), (64, None, 1024, d), (64, None, None, a), (256, 1024, None, d),
-                             (1024, 1024, None, b), (512, 4096, None, c), (512, None, None, b), (None, None, None, c)]
+                             (1024, 1024, None, b), (512, 4096, None, c), (512, None, None, b), (1024, None, 1024, e),
+                             (None, None, None, c)]
     rules = tune.rules_for("linear_relu", {"skinny_narrow": a, "tiny_short": e, "skinny_short": d, "skinny": a,
-                                           "narrow_short": b, "narrow": b, "mid": c, "mid_wide": c, "big": c})
+                                           "narrow_short": b, "narrow": b, "mid": c, "mid_wide": c, "short": c, "big": c})
     # (skinny_narrow stays although skinny has its config: tiny_short, between them, would take M 16 x N 1024 x K 512)
     assert bounds(rules)[:4] == [(64, 1024, None, a), (16, None, 1024, e), (64, None, 1024, d), (64, None, None, a)]
     # a rule whose bounds the next one's do not hold stays, even with the same config (skinny: any N; skinny_short
     # and narrow_short: neither holds the other)
     rules = tune.rules_for("linear_relu", {**skinny(b, short=d), "narrow_short": d, "narrow": b, "mid": c,
-                                           "mid_wide": c, "big": c})
+                                           "mid_wide": c, "short": c, "big": c})
     assert bounds(rules) == [(64, 1024, None, b), (64, None, 1024, d), (64, None, None, b), (256, 1024, None, d),
                              (1024, 1024, None, b), (None, None, None, c)]
     assert all(r["ops"] == ["linear_relu"] for r in rules)
