@@ -51,8 +51,9 @@ BUCKETS = {
     # wide N at mid M: enough output tiles for bigger ones (M 256 x N 8192: 128x64 tiles 1.41x cuBLAS, 128x128
     # 1.17x on the H200, PERF_NOTES.md v28)
     "mid_wide": (dict(max_m=512), [(256, 8192, 8192), (128, 8192, 8192), (512, 8192, 8192)]),
-    # M <= 1024 at K <= 1024: about one wave of the big rule's 128x256 tiles (M 1024 x N 4096: 128 tiles on 132 SMs),
-    # each a short loop, so neither the epilogue nor the pipeline fill is amortised (fp16 BN 1.27x there, v40)
+    # M <= 1024 at K <= 1024 (in effect M 513-1024 x N > 1024: the buckets above take the rest): about one wave of the
+    # big rule's 128x256 tiles (M 1024 x N 4096: 128 tiles on 132 SMs), each a short loop, so neither the epilogue nor
+    # the pipeline fill is amortised (fp16 BN 1.27x there, v40)
     "short": (dict(max_m=1024, max_k=1024), [(1024, 4096, 1024), (1024, 8192, 1024), (768, 4096, 1024)]),
     "big": (dict(), [(16384, 4096, 4096), (1024, 8192, 8192), (4096, 4096, 4096), (4096, 1024, 4096),
                      (16384, 4096, 1024)]),
