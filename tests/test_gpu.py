@@ -109,6 +109,12 @@ def call_dtype_and_precision(precision_name):
     return TORCH_DTYPES[elem], (None if dot == "native" else dot)
 
 
+def precision_name_of(dtype, precision):
+    """The manifest precision name a call with this input dtype and `precision` argument runs (the inverse of
+    call_dtype_and_precision)."""
+    return next(name for name in spec.PRECISIONS if call_dtype_and_precision(name) == (dtype, precision))
+
+
 def expected_variant(op, precision, layout, m, n, k):
     """The variant the tuning tables (as compiled into the binary) name for this call: first matching rule."""
     arch = dispatch_arch()
@@ -300,8 +306,7 @@ def test_epilogue_value_by_value_and_special_values(op, dtype, precision, m, n):
              bn_bias=torch.zeros(n, device="cuda"))
     want = torch.relu(pre) if op == "linear_relu" else torch.relu(torch.nn.functional.gelu(pre))
     out = run_fused(op, p, 0.0, **({} if precision is None else {"precision": precision}))
-    precision_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, f"fp32_{precision}")
-    variant = expected_variant(op, precision_name, "aligned", m, n, k)["name"]
+    variant = expected_variant(op, precision_name_of(dtype, precision), "aligned", m, n, k)["name"]
     assert torch.ops.fusedops._last_launch().startswith(variant + " "), (variant, torch.ops.fusedops._last_launch())
     out = out.double().cpu()
     assert torch.equal(out.isnan(), want.isnan().expand_as(out)), "NaN where torch has none, or none where it has"
@@ -312,9 +317,8 @@ def test_epilogue_value_by_value_and_special_values(op, dtype, precision, m, n):
     else:
         rounded = want.to(dtype).double()
         finfo = torch.finfo(dtype)
-        fraction_bits = {torch.float16: 10, torch.bfloat16: 7}[dtype]
         _, exponent = torch.frexp(rounded)  # rounded = mantissa * 2^exponent, mantissa in [0.5, 1)
-        ulp = torch.ldexp(torch.ones_like(rounded), exponent - 1 - fraction_bits).clamp(min=finfo.tiny * finfo.eps)
+        ulp = torch.ldexp(torch.full_like(rounded, finfo.eps), exponent - 1).clamp(min=finfo.tiny * finfo.eps)
         ulp[rounded == 0] = finfo.tiny * finfo.eps  # (frexp gives zero the exponent 0)
         infinite, finite = rounded.isinf(), rounded.isfinite()
         assert torch.equal(out[:, infinite], rounded[infinite].expand(m, -1))
