@@ -17,18 +17,31 @@ import triton
 import triton.language as tl
 
 # relu(gelu(v)) = v * (1 - h(v)) for v > 0, else 0, with h(v) = erfc(v / sqrt2) / 2, the Gaussian upper tail.
-# log2(h) is smooth on [0, inf) (-1 at 0, then ~ -v^2 log2(e) / 2), so a degree-5 polynomial gives it to a few 1e-7
-# of the result on [0, GELU_TAIL_MAX], and one MUFU.EX2 gives h. Abramowitz-Stegun 7.1.26 (v5-v37) took a MUFU.RCP
-# besides, and MUFU runs at 16 lanes a clock per SM, an eighth of the FMA pipe (PERF_NOTES.md v38). Coefficients: a
-# minimax fit of the result's relative error, by scripts/fit_gelu_tail.py. Beyond the clamp the kernel uses
-# 2^p(GELU_TAIL_MAX) = 2.7e-7 for h, which is below 2.9e-7 there, so the result stays within that of the exact one.
-GELU_TAIL_MAX = tl.constexpr(5.0)
-GELU_TAIL_C0 = tl.constexpr(-1.0000003576278687)
-GELU_TAIL_C1 = tl.constexpr(-1.1510951519012451)
-GELU_TAIL_C2 = tl.constexpr(-0.45922791957855225)
-GELU_TAIL_C3 = tl.constexpr(-0.052603527903556824)
-GELU_TAIL_C4 = tl.constexpr(0.007421558722853661)
-GELU_TAIL_C5 = tl.constexpr(-0.0005249511450529099)
+# log2(h) is smooth on [0, inf) (-1 at 0, then ~ -v^2 log2(e) / 2), so a polynomial p fits it on [0, MAX] and one
+# MUFU.EX2 gives h. Abramowitz-Stegun 7.1.26 (v5-v37) took a MUFU.RCP besides, and MUFU runs at 16 lanes a clock per
+# SM, an eighth of the FMA pipe (PERF_NOTES.md v38). Each output dtype gets the lowest degree whose error stays far
+# below its rounding (v41): fp32 degree 5, 3.9e-7 (torch's own fp32 gelu: 3.6e-7); fp16 degree 4, 8.4e-6 (1/58 of
+# half an ulp); bf16 degree 3, 9.5e-5 (1/41). Each term is one FFMA per element. Coefficients: minimax fits of the
+# result's relative error by scripts/fit_gelu_tail.py (the CPU tests check each set against its bound). Past MAX
+# the kernel takes v - MAX * 2^p(MAX), off the exact result by less than 2^p(MAX) relative.
+GELU_TAIL_FP32_MAX = tl.constexpr(5.0)
+GELU_TAIL_FP32_C0 = tl.constexpr(-1.0000003576278687)
+GELU_TAIL_FP32_C1 = tl.constexpr(-1.1510951519012451)
+GELU_TAIL_FP32_C2 = tl.constexpr(-0.45922791957855225)
+GELU_TAIL_FP32_C3 = tl.constexpr(-0.052603527903556824)
+GELU_TAIL_FP32_C4 = tl.constexpr(0.007421558722853661)
+GELU_TAIL_FP32_C5 = tl.constexpr(-0.0005249511450529099)
+GELU_TAIL_FP16_MAX = tl.constexpr(4.875)
+GELU_TAIL_FP16_C0 = tl.constexpr(-1.000011920928955)
+GELU_TAIL_FP16_C1 = tl.constexpr(-1.15064537525177)
+GELU_TAIL_FP16_C2 = tl.constexpr(-0.461654394865036)
+GELU_TAIL_FP16_C3 = tl.constexpr(-0.04850642755627632)
+GELU_TAIL_FP16_C4 = tl.constexpr(0.004844989161938429)
+GELU_TAIL_BF16_MAX = tl.constexpr(3.75)
+GELU_TAIL_BF16_C0 = tl.constexpr(-1.0001369714736938)
+GELU_TAIL_BF16_C1 = tl.constexpr(-1.1468887329101562)
+GELU_TAIL_BF16_C2 = tl.constexpr(-0.47633323073387146)
+GELU_TAIL_BF16_C3 = tl.constexpr(-0.03255284205079079)
 
 
 @triton.jit
@@ -39,15 +52,27 @@ def fast_exp2(x):
 
 
 @triton.jit
-def relu_gelu(v):
-    """relu(gelu_erf(v)) in ~12 instructions, one of them MUFU: only v > 0 survives the relu, so the tail h is
-    needed on v >= 0 only. Worst relative error 4.8e-7 against fp64 on the H100, over every fp32 v in [2^-100, 12]
-    (4.2e-7 with an exact 2^x; torch's own fp32 gelu: 3.6e-7). NaN and -inf give NaN, +inf gives +inf, v < 0 gives
-    +0, as in torch."""
-    t = tl.minimum(v, GELU_TAIL_MAX)  # lanes with v <= 0 compute garbage that the select below drops
-    log2_h = GELU_TAIL_C0 + t * (GELU_TAIL_C1 + t * (GELU_TAIL_C2 + t * (GELU_TAIL_C3 + t * (
-        GELU_TAIL_C4 + t * GELU_TAIL_C5))))
-    return tl.where(v > 0, v * (1.0 - fast_exp2(log2_h)), v - v)  # v - v: +0, or NaN for NaN and +-inf
+def relu_gelu(v, OUT_DTYPE: tl.constexpr):
+    """relu(gelu_erf(v)) for a result stored as OUT_DTYPE, in 9-11 instructions, one of them MUFU: only v > 0
+    survives the relu, so the tail h is needed on v >= 0 only. Against fp64 on the H100 over 4M fp32 v in
+    [2^-100, 12]: fp32 worst relative error 4.2e-7; fp16 / bf16 results at most 1 ulp from the correctly rounded
+    value (0.23% / 1.2% of them off by that ulp). NaN and -inf give NaN, +inf gives +inf, v < 0 gives +0, as in
+    torch."""
+    # t = v on [0, MAX]; lanes with v <= 0 compute garbage that the select below drops
+    if OUT_DTYPE == tl.bfloat16:
+        t = tl.minimum(v, GELU_TAIL_BF16_MAX)
+        log2_h = GELU_TAIL_BF16_C0 + t * (GELU_TAIL_BF16_C1 + t * (GELU_TAIL_BF16_C2 + t * GELU_TAIL_BF16_C3))
+    elif OUT_DTYPE == tl.float16:
+        t = tl.minimum(v, GELU_TAIL_FP16_MAX)
+        log2_h = GELU_TAIL_FP16_C0 + t * (GELU_TAIL_FP16_C1 + t * (GELU_TAIL_FP16_C2 + t * (
+            GELU_TAIL_FP16_C3 + t * GELU_TAIL_FP16_C4)))
+    else:
+        t = tl.minimum(v, GELU_TAIL_FP32_MAX)
+        log2_h = GELU_TAIL_FP32_C0 + t * (GELU_TAIL_FP32_C1 + t * (GELU_TAIL_FP32_C2 + t * (GELU_TAIL_FP32_C3 + t * (
+            GELU_TAIL_FP32_C4 + t * GELU_TAIL_FP32_C5))))
+    # v - t * h in one FFMA (v * (1 - h) took two; written as a product and a difference, the compiler factors v out
+    # of the select below and keeps both); t, not v, multiplies h so that +inf gives +inf, not inf - inf
+    return tl.where(v > 0, tl.fma(-t, fast_exp2(log2_h), v), v - v)  # v - v: +0, or NaN for NaN and +-inf
 
 
 @triton.jit
@@ -97,21 +122,22 @@ def epilogue_vectors(offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr
 
 
 @triton.jit
-def apply_epilogue(acc, scale, shift, EPILOGUE: tl.constexpr):
-    """EPILOGUE in fp32 on acc, given epilogue_vectors' scale and shift for its columns."""
+def apply_epilogue(acc, scale, shift, EPILOGUE: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """EPILOGUE in fp32 on acc, given epilogue_vectors' scale and shift for its columns, for a result that will be
+    stored as OUT_DTYPE (its precision sets the GELU polynomial's degree)."""
     if EPILOGUE == "bn_gelu_relu":
-        return relu_gelu(acc * scale[None, :] + shift[None, :])  # its result is relu'd already
+        return relu_gelu(acc * scale[None, :] + shift[None, :], OUT_DTYPE)  # its result is relu'd already
     # relu; NaN propagates as in torch.relu
     return tl.maximum(acc + shift[None, :], 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
 def epilogue(acc, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps,
-             EPILOGUE: tl.constexpr):
-    """EPILOGUE(acc + bias) in fp32 for the columns offs_n."""
+             EPILOGUE: tl.constexpr, OUT_DTYPE: tl.constexpr):
+    """EPILOGUE(acc + bias) in fp32 for the columns offs_n, for a result stored as OUT_DTYPE."""
     scale, shift = epilogue_vectors(offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma,
                                     has_beta, eps, EPILOGUE)
-    return apply_epilogue(acc, scale, shift, EPILOGUE)
+    return apply_epilogue(acc, scale, shift, EPILOGUE, OUT_DTYPE)
 
 
 # Under the JIT (bench.tune, bench.probe) M and the has_* flags stay runtime values, as in the AOT build: Triton
@@ -173,7 +199,7 @@ def fused_linear_kernel(
         if not VECTORS_FIRST:
             scale, shift = epilogue_vectors(offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias,
                                             has_gamma, has_beta, eps, EPILOGUE)
-        acc = apply_epilogue(acc, scale, shift, EPILOGUE)
+        acc = apply_epilogue(acc, scale, shift, EPILOGUE, y_ptr.dtype.element_ty)
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=in_tile)
     else:
         # Every program leaves its partial sum in the workspace; the last of the tile's programs to arrive
@@ -193,7 +219,7 @@ def fused_linear_kernel(
             for s in range(SPLIT_K):  # a loop, not unrolled: one partial tile live at a time
                 total += tl.load(part_ptrs + s * plane, mask=in_tile, other=0.0, cache_modifier=".cg")
             total = epilogue(total, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias,
-                             has_gamma, has_beta, eps, EPILOGUE)
+                             has_gamma, has_beta, eps, EPILOGUE, y_ptr.dtype.element_ty)
             tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=in_tile)
 
 
@@ -218,7 +244,7 @@ def epilogue_store(acc, y_desc, off_m, off_n, N, bias_ptr, mean_ptr, var_ptr, ga
     """EPILOGUE on one [BLOCK_M, COLS] slice of the output tile, stored at (off_m, off_n) through TMA."""
     offs_n = off_n + tl.arange(0, COLS)
     acc = epilogue(acc, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta,
-                   eps, EPILOGUE)
+                   eps, EPILOGUE, y_desc.dtype)
     y_desc.store([off_m, off_n], acc.to(y_desc.dtype))
 
 

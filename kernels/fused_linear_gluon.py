@@ -41,7 +41,7 @@ def epilogue_store(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr
                                                  mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta,
                                                  eps, EPILOGUE)
     out = fused_linear.apply_epilogue(acc, gl.convert_layout(scale, columns), gl.convert_layout(shift, columns),
-                                      EPILOGUE)
+                                      EPILOGUE, y_ptr.dtype.element_ty)
     rows = gl.expand_dims(tile_rows(off_m, BLOCK_M, gl.SliceLayout(1, acc.type.layout)).to(gl.int64), 1)
     cols = gl.expand_dims(off_n + gl.arange(0, COLS, layout=columns), 0)
     gl.store(y_ptr + rows * stride_ym + cols, out, mask=(rows < M) & (cols < N))

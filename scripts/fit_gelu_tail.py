@@ -1,11 +1,12 @@
-"""Fit the GELU tail polynomial of kernels/fused_linear.py (`GELU_TAIL_*`; PERF_NOTES.md v38).
+"""Fit the GELU tail polynomials of kernels/fused_linear.py (`GELU_TAIL_<OUT>_*`; PERF_NOTES.md v38, v41).
 
-    python3 scripts/fit_gelu_tail.py [--degree 5] [--clamps 4.5 5.5 0.0625]      (needs numpy, scipy and torch; no GPU)
+    python3 scripts/fit_gelu_tail.py --out FP16 --degree 4 [--clamps 4.5 5.5 0.0625]   (numpy, scipy, torch; no GPU)
 
-relu(gelu(v)) = v * (1 - h(v)) for v > 0, h(v) = erfc(v / sqrt2) / 2. The kernel computes h as 2^p(min(v, clamp)),
-p a polynomial. For each clamp this fits p to log2(h) on [0, clamp], minimising the largest relative error of the
-*result* (an error e in log2 h moves the result by h ln2 e / (1 - h)), by linear programming on a dense grid. Then it
-evaluates the kernel's arithmetic in fp32 over [0, 12] (past the clamp too) and prints the best fit's constants.
+relu(gelu(v)) = v * (1 - h(v)) for v > 0, h(v) = erfc(v / sqrt2) / 2. The kernel computes v - t * 2^p(t) with
+t = min(v, clamp), p a polynomial. For each clamp this fits p to log2(h) on [0, clamp], minimising the largest
+relative error of the *result* (an error e in log2 h moves the result by h ln2 e / (1 - h)), by linear programming on
+a dense grid. Then it evaluates the kernel's arithmetic in fp32 over [0, 12] (past the clamp too) and prints the best
+fit's constants, named for the output dtype they serve (the kernel picks the set by the output's dtype).
 """
 import argparse
 
@@ -34,22 +35,24 @@ def fit(degree, clamp, points=4000):
 
 
 def fp32_worst_error(coefficients, clamp):
-    """The kernel's arithmetic in fp32 (min, Horner, 2^, 1 - h, v *) against fp64, over v in (0, 12], with an exact
-    2^x: the GPU's ex2.approx (2 ulp) adds up to ~0.6e-7 (4.8e-7 measured on the H100, PERF_NOTES.md v38). Uses
-    torch only, so the CPU tests can check the kernel's constants with it."""
+    """The kernel's arithmetic in fp32 (min, Horner, 2^, one fused v - t * h) against fp64, over v in (0, 12], with
+    an exact 2^x: the GPU's ex2.approx (2 ulp) adds up to ~0.6e-7 (4.8e-7 measured on the H100, PERF_NOTES.md v38).
+    Uses torch only, so the CPU tests can check the kernel's constants with it."""
     import torch
     v = torch.linspace(0, 12, 400001, dtype=torch.float32)[1:]
     t = v.clamp(max=clamp)
     log2_h = torch.full_like(t, float(coefficients[-1]))
     for c in coefficients[-2::-1]:
         log2_h = float(c) + t * log2_h
-    result = v * (1 - torch.exp2(log2_h))
+    # the FFMA rounds once: t * h is exact in fp64 (24 + 24 bits), the difference rounded to fp32
+    result = (v.double() - t.double() * torch.exp2(log2_h).double()).float()
     exact = v.double() * (1 - 0.5 * torch.special.erfc(v.double() / 2 ** 0.5))
     return ((result.double() - exact).abs() / exact).max().item()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="FP32", help="the output dtype the constants serve: FP32, FP16 or BF16")
     parser.add_argument("--degree", type=int, default=5)
     parser.add_argument("--clamps", type=float, nargs=3, default=(4.5, 5.5, 0.0625), metavar=("FROM", "TO", "STEP"))
     args = parser.parse_args()
@@ -60,9 +63,9 @@ def main():
         fits.append((fp32_worst_error(coefficients, clamp), clamp, coefficients))
     error, clamp, coefficients = min(fits, key=lambda f: f[0])
     print(f"# degree {args.degree}: worst relative error {error:.2e} (fp32 arithmetic, v in (0, 12])")
-    print(f"GELU_TAIL_MAX = tl.constexpr({clamp!r})")
+    print(f"GELU_TAIL_{args.out}_MAX = tl.constexpr({clamp!r})")
     for i, c in enumerate(coefficients):
-        print(f"GELU_TAIL_C{i} = tl.constexpr({float(c)!r})")
+        print(f"GELU_TAIL_{args.out}_C{i} = tl.constexpr({float(c)!r})")
 
 
 if __name__ == "__main__":
