@@ -434,6 +434,7 @@ def generate_cpp(built, rules, out):
             f"  {{{cpp_string(v['name'])}, {v['arch']}, Op::{v['op']}, Precision::{v['precision']}, "
             f"Layout::{v['layout']}, {c['BLOCK_M']}, {c['BLOCK_N']}, {c['BLOCK_K']}, {c['GROUP_M']}, "
             f"{v['num_warps']}, {c['num_stages']}, {str(spec.KERNELS[v['kernel']]['persistent']).lower()}, "
+            f"{str(spec.KERNELS[v['kernel']]['cublas_gemm']).lower()}, "
             f"{str(bool(c['WEIGHT_FP16'])).lower()}, {c['CTAS_PER_SM']}, {c.get('SPLIT_K', 1)}, "
             f"{v['shared_bytes']}, {v['scratch_bytes']}, {v['scratch_align']}, {cpp_string(v['entry_name'])}, "
             f"fusedops_v{i}_cubin, static_cast<size_t>(fusedops_v{i}_cubin_end - fusedops_v{i}_cubin - 1), "

@@ -10,19 +10,26 @@ import os
 # "knobs": extra constexprs a config may set, with their defaults (values: KNOB_VALUES, else 0/1).
 # "dots": the DOT values it serves (None: all); "max_arch": newest arch it runs on (None: any);
 # "stages_constexpr": the config's num_stages goes to the kernel as STAGES (Gluon kernels pipeline by hand);
-# "requires": launcher knobs (LAUNCHER_KNOBS) a config of this kernel must set to these values.
+# "requires": launcher knobs (LAUNCHER_KNOBS) a config of this kernel must set to these values;
+# "cublas_gemm": the launcher has cuBLAS (at::mm) write x @ W^T into y first and the kernel only applies the epilogue.
 KERNELS = {
     "tiled": {"source": "kernels/fused_linear.py", "function": "fused_linear_kernel",
               "layouts": ("aligned", "generic"), "min_arch": 80, "max_arch": None, "dots": None,
               "persistent": False, "stages_constexpr": False, "knobs": {"SPLIT_K": 1, "VECTORS_FIRST": 0},
-              "requires": {}},
+              "requires": {}, "cublas_gemm": False},
     "tma": {"source": "kernels/fused_linear.py", "function": "fused_linear_tma_kernel", "layouts": ("aligned",),
             "min_arch": 90, "max_arch": None, "dots": None, "persistent": True, "stages_constexpr": False,
-            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SLICES": 1}, "requires": {}},
+            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SLICES": 1}, "requires": {},
+            "cublas_gemm": False},
     # fp32 x on fp16 tensor cores with explicit wgmma waits (Hopper's wgmma only; the weight arrives in fp16)
     "wgmma": {"source": "kernels/fused_linear_gluon.py", "function": "fused_linear_wgmma_kernel",
               "layouts": ("aligned",), "min_arch": 90, "max_arch": 90, "dots": ("fp16",), "persistent": True,
-              "stages_constexpr": True, "knobs": {}, "requires": {"WEIGHT_FP16": 1}},
+              "stages_constexpr": True, "knobs": {}, "requires": {"WEIGHT_FP16": 1}, "cublas_gemm": False},
+    # fp32 'ieee': cuBLAS's SGEMM (exact fp32 products, ~2x Triton's FMA main loop), then the epilogue in place. Only
+    # where torch keeps cuBLAS on fp32 (allow_tf32 off); otherwise the launcher takes the generic rule's kernel.
+    "cublas": {"source": "kernels/fused_linear.py", "function": "fused_epilogue_kernel", "layouts": ("aligned",),
+               "min_arch": 80, "max_arch": None, "dots": ("ieee",), "persistent": False, "stages_constexpr": False,
+               "knobs": {}, "requires": {}, "cublas_gemm": True},
 }
 
 

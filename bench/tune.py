@@ -163,12 +163,15 @@ FP32_MID = [cfg(128, 128, 32, 4, 4), cfg(128, 128, 32, 8, 4), cfg(64, 128, 32, 4
             cfg(128, 128, 32, 8, 4, SPLIT_K=3),
             tma(64, 128, 32, 4, 4), tma(64, 128, 64, 4, 3), tma(128, 128, 32, 8, 4), *DEEP_FP32,
             vectors_first(cfg(64, 128, 32, 4, 8)), vectors_first(cfg(128, 64, 32, 4, 8))]
-# fp32 'ieee' runs on the FMA units (no tensor cores): register tiles of 16..128 accumulators per thread
+# fp32 'ieee' on the FMA units (no tensor cores): register tiles of 16..128 accumulators per thread; or cuBLAS's SGEMM
+# and then the epilogue kernel in place (PERF_NOTES.md v42; the tuner times it with TF32 off, as the op runs it)
+CUBLAS_THEN_EPILOGUE = cfg(32, 128, 32, 4, 1, kernel="cublas")
 IEEE_SKINNY = [cfg(64, 64, 32, 4, 3), cfg(16, 64, 128, 4, 3), cfg(32, 64, 64, 4, 3), cfg(16, 128, 64, 4, 3),
-               cfg(16, 64, 128, 4, 3, SPLIT_K=4), cfg(16, 64, 64, 4, 3, SPLIT_K=8), cfg(32, 64, 64, 4, 3, SPLIT_K=4)]
-IEEE_NARROW = [cfg(64, 64, 32, 4, 3), cfg(32, 64, 32, 4, 3), cfg(64, 32, 32, 4, 3)]
+               cfg(16, 64, 128, 4, 3, SPLIT_K=4), cfg(16, 64, 64, 4, 3, SPLIT_K=8), cfg(32, 64, 64, 4, 3, SPLIT_K=4),
+               CUBLAS_THEN_EPILOGUE]
+IEEE_NARROW = [cfg(64, 64, 32, 4, 3), cfg(32, 64, 32, 4, 3), cfg(64, 32, 32, 4, 3), CUBLAS_THEN_EPILOGUE]
 IEEE_BIG = [cfg(64, 64, 32, 4, 3), cfg(128, 128, 32, 8, 3), cfg(128, 128, 16, 8, 3), cfg(128, 64, 32, 4, 3),
-            cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2)]
+            cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2), CUBLAS_THEN_EPILOGUE]
 # one wave of tiles at K <= 1024: the big tiles, the deep pipelines, and 2-CTA/SM tiles whose epilogues overlap
 HALF_SHORT = HALF_BIG + [c for c in DEEP_HALF if c not in HALF_BIG] + [
     vectors_first(cfg(128, 128, 64, 4, 3)), vectors_first(cfg(128, 128, 64, 8, 4)), vectors_first(cfg(64, 128, 64, 4, 8))]
@@ -190,7 +193,7 @@ CANDIDATES = {  # key -> (dtype of x, the kernel's DOT, {bucket: candidate confi
     "fp32_ieee": (torch.float32, "ieee", dict(skinny_narrow=IEEE_SKINNY, tiny_short=IEEE_SKINNY,
                                               skinny_short=IEEE_SKINNY, skinny=IEEE_SKINNY,
                                               narrow_short=IEEE_NARROW, narrow=IEEE_NARROW,
-                                              mid=IEEE_NARROW + IEEE_BIG[1:], mid_wide=IEEE_NARROW + IEEE_BIG[1:],
+                                              mid=IEEE_NARROW + IEEE_BIG[1:-1], mid_wide=IEEE_NARROW + IEEE_BIG[1:-1],
                                               short=IEEE_BIG, big=IEEE_BIG)),
 }
 
@@ -226,6 +229,10 @@ def jit_runner(op, dot, config, x, w, y, vectors):
 
     def run():
         wk = w.to(torch.float16) if weight_fp16 else w
+        if kernel["cublas_gemm"]:  # as the AOT launcher: cuBLAS writes x @ W^T, the kernel applies the epilogue
+            if torch.backends.cuda.matmul.allow_tf32:
+                raise RuntimeError("a cuBLAS-GEMM config runs only with TF32 off (the op's 'ieee' contract)")
+            torch.mm(x, w.t(), out=y)
         if kernel["persistent"]:  # (the TMA and the Gluon kernel take the same arguments)
             run.compiled = function[grid](
                 x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta)

@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAStream.h>
 
 namespace fusedops {
@@ -177,15 +178,20 @@ bool is_aligned_call(const LaunchArgs& a) {
          aligned16(a.w_ptr) && aligned16(a.y_ptr);
 }
 
-void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, Op op, Precision precision,
-                         const LaunchArgs& call_args) {
+void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, at::Tensor y, Op op,
+                         Precision precision, const LaunchArgs& call_args) {
   const int device = x.get_device();
   const DeviceInfo& info = device_info(device);
   const int arch = arch_for_capability(info.capability);
   LaunchArgs args = call_args;
   const bool from_ptx = forced_arch() != 0;
   const Layout layout = is_aligned_call(args) ? Layout::aligned : Layout::generic;
-  const Variant& v = select_variant(arch, op, precision, layout, args.M, args.N, args.K);
+  const Variant* chosen = &select_variant(arch, op, precision, layout, args.M, args.N, args.K);
+  // at::mm runs cuBLAS in TF32 while torch allows it, so an explicit precision="ieee" then takes the generic rule's
+  // kernel (true fp32 products on the FMA units; the generic rule never names a cuBLAS variant: aot/spec.py)
+  if (chosen->cublas_gemm && at::globalContext().allowTF32CuBLAS())
+    chosen = &select_variant(arch, op, precision, Layout::generic, args.M, args.N, args.K);
+  const Variant& v = *chosen;
   const int64_t tiles = ((args.M + v.block_m - 1) / v.block_m) * ((args.N + v.block_n - 1) / v.block_n);
   TORCH_CHECK(tiles <= INT32_MAX, "fusedops: output of ", args.M, " x ", args.N, " needs ", tiles,
               " tiles, more than one launch can hold");
@@ -218,9 +224,10 @@ void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, Op op, P
     const CUdeviceptr base = reinterpret_cast<CUdeviceptr>(scratch.data_ptr());
     args.global_scratch = (base + v.scratch_align - 1) / v.scratch_align * v.scratch_align;
   }
+  if (v.cublas_gemm) at::mm_out(y, x, weight.t());  // on this stream
   check_driver(v.launch(driver(), kernel.fn, stream, static_cast<unsigned>(grid), args), v.name);
-  last_launch_description =
-      std::string(v.name) + (from_ptx ? " (ptx, grid " : " (cubin, grid ") + std::to_string(grid) + ")";
+  last_launch_description = std::string(v.name) + (from_ptx ? " (ptx, " : " (cubin, ") +
+                            (v.cublas_gemm ? "after cuBLAS's GEMM, grid " : "grid ") + std::to_string(grid) + ")";
 }
 
 }  // namespace fusedops

@@ -24,8 +24,9 @@ bool is_aligned_call(const LaunchArgs& a);
 std::string last_launch();
 
 // Picks the variant for this device and shape and launches it on the current stream of x's device.
-// `weight` is the tensor behind args.w_ptr: variants that read an fp16 copy of it make that copy here.
-void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, Op op, Precision precision,
-                         const LaunchArgs& args);
+// x [M, K], weight [N, K] and y [M, N] are the tensors behind args.x_ptr, w_ptr and y_ptr: variants that read an
+// fp16 copy of the weight make that copy here, and cuBLAS-GEMM variants have at::mm write x @ W^T into y first.
+void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, at::Tensor y, Op op,
+                         Precision precision, const LaunchArgs& args);
 
 }  // namespace fusedops

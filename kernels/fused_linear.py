@@ -8,7 +8,8 @@ Two main loops share one epilogue:
   fused_linear_tma_kernel  persistent programs walking the tiles, TMA tensor-descriptor loads and
                            stores (Hopper); unit inner strides and 16-byte-aligned rows only
 (A third, for fp32 x on fp16 tensor cores on Hopper, is written in Gluon in fused_linear_gluon.py and uses the
-epilogue and helpers here.)
+epilogue and helpers here. And fused_epilogue_kernel has no main loop: for fp32 'ieee' the launcher has cuBLAS write
+x @ W^T first and this kernel applies the epilogue in place.)
 Each reads top to bottom: program id -> grouped tile order -> pointers -> K loop -> epilogue -> store.
 The epilogue is a compile-time choice (cuBLASLt-style): adding one is one branch in `epilogue_vectors` (its
 per-column vectors) and one in `apply_epilogue` (its arithmetic), plus one line in aot/spec.py OPS.
@@ -221,6 +222,33 @@ def fused_linear_kernel(
             total = epilogue(total, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias,
                              has_gamma, has_beta, eps, EPILOGUE, y_ptr.dtype.element_ty)
             tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=in_tile)
+
+
+@triton.jit(**JIT_LIKE_AOT)
+def fused_epilogue_kernel(
+    x_ptr, w_ptr, y_ptr,  # x and W unused: y holds x @ W^T already, from the GEMM the launcher ran first
+    bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
+    has_bias, has_gamma, has_beta,
+    eps,
+    partials_ptr, tile_counters_ptr,
+    EPILOGUE: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """EPILOGUE in place on y = x @ W^T written by cuBLAS: the fp32 'ieee' path, where cuBLAS's SGEMM runs at about
+    twice the speed of Triton's FMA main loop (PERF_NOTES.md v42). It takes fused_linear_kernel's arguments, so the
+    launcher and the tuner drive both alike; one [BLOCK_M, BLOCK_N] block of y per program, rows in order."""
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    offs_m = (pid // num_pid_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = (pid % num_pid_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_tile = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    acc = tl.load(y_ptrs, mask=in_tile, other=0.0).to(tl.float32)
+    acc = epilogue(acc, offs_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta,
+                   eps, EPILOGUE, y_ptr.dtype.element_ty)
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=in_tile)
 
 
 @triton.jit

@@ -116,13 +116,17 @@ def precision_name_of(dtype, precision):
 
 
 def expected_variant(op, precision, layout, m, n, k):
-    """The variant the tuning tables (as compiled into the binary) name for this call: first matching rule."""
+    """The variant the tuning tables (as compiled into the binary) name for this call: first matching rule; a variant
+    whose GEMM is cuBLAS's gives way to the generic rule's while torch lets cuBLAS run fp32 in TF32 (as dispatch)."""
     arch = dispatch_arch()
     for rule in manifest()["rules"]:
         if (rule["arch"], rule["op"], rule["precision"], rule["layout"]) == (arch, op, precision, layout) and all(
                 bound < 0 or value <= bound for bound, value in ((rule["max_m"], m), (rule["max_n"], n),
                                                                  (rule["max_k"], k))):
-            return manifest()["variants"][rule["variant"]]
+            variant = manifest()["variants"][rule["variant"]]
+            if spec.KERNELS[variant["kernel"]]["cublas_gemm"] and torch.backends.cuda.matmul.allow_tf32:
+                return expected_variant(op, precision, "generic", m, n, k)
+            return variant
     raise AssertionError(f"no rule for {op} {precision} {layout} on sm_{arch}")
 
 
@@ -326,6 +330,28 @@ def test_epilogue_value_by_value_and_special_values(op, dtype, precision, m, n):
         assert off.max() <= 1, f"{off.max().item():.2f} ulp from the rounded fp64 value"
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_ieee_takes_cublas_gemm_only_while_torch_keeps_it_fp32(op):
+    """fp32 'ieee' rules run cuBLAS's GEMM, then the epilogue kernel in place. With TF32 on in torch, at::mm would run
+    TF32, so an explicit precision="ieee" must take an FMA kernel instead: both held to the ieee tolerance (TF32's
+    ~1e-3 fails it) and checked to run the variant dispatch should pick."""
+    m, n, k = 300, 272, 1040
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for allow_tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+            p = make_problem((m,), n, k, torch.float32, device="cuda", seed=7)
+            check(op, p, torch.float32, "ieee")
+            want = expected_variant(op, "fp32_ieee", "aligned", m, n, k)
+            launched = torch.ops.fusedops._last_launch()
+            assert launched.startswith(want["name"] + " "), (want["name"], launched)
+            assert spec.KERNELS[want["kernel"]]["cublas_gemm"] == (not allow_tf32), want["name"]
+            assert ("after cuBLAS's GEMM" in launched) == (not allow_tf32), launched
+            assert launched_grid() == output_tiles(m, n, want["config"])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def test_precision_auto_follows_torch_setting():
     p = make_problem((64,), 64, 64, torch.float32, device="cuda")
     old = torch.backends.cuda.matmul.allow_tf32
@@ -355,8 +381,6 @@ def test_empty_inputs(op):
                          ids=["problem41", "problem76"])
 @pytest.mark.parametrize("dtype,precision", CASES, ids=lambda c: str(c).replace("torch.", ""))
 def test_seed_problem_shapes(op, m, k, n, dtype, precision):
-    if precision == "ieee" and m * n * k > 2 ** 38:
-        pytest.skip("fp32 FMA path at this size is a benchmark, not a test")
     p = make_problem((m,), n, k, dtype, device="cuda", seed=41)
     check(op, p, dtype, precision)
 
