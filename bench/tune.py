@@ -170,8 +170,10 @@ IEEE_SKINNY = [cfg(64, 64, 32, 4, 3), cfg(16, 64, 128, 4, 3), cfg(32, 64, 64, 4,
                cfg(16, 64, 128, 4, 3, SPLIT_K=4), cfg(16, 64, 64, 4, 3, SPLIT_K=8), cfg(32, 64, 64, 4, 3, SPLIT_K=4),
                CUBLAS_THEN_EPILOGUE]
 IEEE_NARROW = [cfg(64, 64, 32, 4, 3), cfg(32, 64, 32, 4, 3), cfg(64, 32, 32, 4, 3), CUBLAS_THEN_EPILOGUE]
-IEEE_BIG = [cfg(64, 64, 32, 4, 3), cfg(128, 128, 32, 8, 3), cfg(128, 128, 16, 8, 3), cfg(128, 64, 32, 4, 3),
-            cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2), CUBLAS_THEN_EPILOGUE]
+IEEE_FMA_BIG = [cfg(64, 64, 32, 4, 3), cfg(128, 128, 32, 8, 3), cfg(128, 128, 16, 8, 3), cfg(128, 64, 32, 4, 3),
+                cfg(64, 128, 32, 4, 3), cfg(128, 256, 16, 8, 2)]
+IEEE_BIG = IEEE_FMA_BIG + [CUBLAS_THEN_EPILOGUE]
+IEEE_MID = IEEE_NARROW + IEEE_FMA_BIG[1:]  # (the first big tile is IEEE_NARROW's first)
 # one wave of tiles at K <= 1024: the big tiles, the deep pipelines, and 2-CTA/SM tiles whose epilogues overlap
 HALF_SHORT = HALF_BIG + [c for c in DEEP_HALF if c not in HALF_BIG] + [
     vectors_first(cfg(128, 128, 64, 4, 3)), vectors_first(cfg(128, 128, 64, 8, 4)), vectors_first(cfg(64, 128, 64, 4, 8))]
@@ -193,7 +195,7 @@ CANDIDATES = {  # key -> (dtype of x, the kernel's DOT, {bucket: candidate confi
     "fp32_ieee": (torch.float32, "ieee", dict(skinny_narrow=IEEE_SKINNY, tiny_short=IEEE_SKINNY,
                                               skinny_short=IEEE_SKINNY, skinny=IEEE_SKINNY,
                                               narrow_short=IEEE_NARROW, narrow=IEEE_NARROW,
-                                              mid=IEEE_NARROW + IEEE_BIG[1:-1], mid_wide=IEEE_NARROW + IEEE_BIG[1:-1],
+                                              mid=IEEE_MID, mid_wide=IEEE_MID,
                                               short=IEEE_BIG, big=IEEE_BIG)),
 }
 
