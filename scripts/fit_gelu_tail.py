@@ -36,8 +36,8 @@ def fit(degree, clamp, points=4000):
 
 def fp32_worst_error(coefficients, clamp):
     """The kernel's arithmetic in fp32 (min, Horner, 2^, one fused v - t * h) against fp64, over v in (0, 12], with
-    an exact 2^x: the GPU's ex2.approx (2 ulp) adds up to ~0.6e-7 (4.8e-7 measured on the H100, PERF_NOTES.md v38).
-    Uses torch only, so the CPU tests can check the kernel's constants with it."""
+    an exact 2^x: the GPU's ex2.approx (2 ulp) adds up to ~0.6e-7 (4.2e-7 measured on the H100 for the fp32 set,
+    PERF_NOTES.md v41). Uses torch only, so the CPU tests can check the kernel's constants with it."""
     import torch
     v = torch.linspace(0, 12, 400001, dtype=torch.float32)[1:]
     t = v.clamp(max=clamp)
