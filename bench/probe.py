@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench import EPS, SEED_PROBLEMS, composite, rel_err  # noqa: E402
 from bench.timing import round_order, time_cuda  # noqa: E402
-from bench.tune import cfg, jit_runner, tma, wgmma, wgmma_ws  # noqa: E402
+from bench.tune import cfg, jit_runner, tma, wgmma  # noqa: E402
 
 
 AOT = None  # the built op itself, through torch.ops.fusedops (whatever the tables pick)
@@ -205,23 +205,6 @@ GROUPS = {
         ("tiled 64x128x64 w4 s8", cfg(64, 128, 64, 4, 8)),
         ("tma 128x128x64 w4 s3 4 slices 2 CTAs/SM", tma(128, 128, 64, 4, 3, slices=4, ctas=2)),
     ]),
-    # x rounded by a converter warpgroup into shared memory as fp16 (kernels/fused_linear_gluon_ws.py; session 10)
-    "p41_fp32_fp16_ws": ("linear_bn_gelu_relu", *P41, torch.float32, "fp16", [
-        ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
-        ("wgmma_ws 128x256x64 s4", wgmma_ws(128, 256, 64, 4)),
-        ("wgmma_ws 128x256x64 s3", wgmma_ws(128, 256, 64, 3)),
-        ("wgmma_ws 128x256x32 s8", wgmma_ws(128, 256, 32, 8)),
-    ]),
-    "p41_relu_fp32_fp16_ws": ("linear_relu", *P41, torch.float32, "fp16", [
-        ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
-        ("wgmma_ws 128x256x64 s4", wgmma_ws(128, 256, 64, 4)),
-        ("wgmma_ws 128x256x32 s8", wgmma_ws(128, 256, 32, 8)),
-    ]),
-    "k1024_fp32_fp16_ws": ("linear_bn_gelu_relu", 4096, 4096, 1024, torch.float32, "fp16", [
-        ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
-        ("wgmma_ws 128x256x64 s4", wgmma_ws(128, 256, 64, 4)),
-        ("wgmma_ws 128x256x32 s8", wgmma_ws(128, 256, 32, 8)),
-    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -236,7 +219,6 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p41_fp32_fp16_tiled": "mm16", "p76_half": "mm", "p41_group_m": "mm", "p76_group_m": "mm",
     "p41_fp32_fp16_wgmma": "mm16", "p41_relu_fp32_fp16_wgmma": "mm16", "m256_n8192_half": "mm",
     "m256_n4096_half": "mm", "p76_tf32_deep": "lt_relu", "k1024_bn_half": "mm",
-    "p41_fp32_fp16_ws": "mm16", "p41_relu_fp32_fp16_ws": "mm16", "k1024_fp32_fp16_ws": "mm16",
 }
 
 

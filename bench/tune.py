@@ -73,12 +73,6 @@ def wgmma(bm, bn, bk, warps, stages, **kw):
     return cfg(bm, bn, bk, warps, stages, kernel="wgmma", WEIGHT_FP16=1, **kw)
 
 
-def wgmma_ws(bm, bn, bk, stages, **kw):
-    """A config of the warp-specialised Gluon kernel for fp32 x on fp16 tensor cores (a converter warpgroup rounds x
-    into shared memory; num_warps 4 per warpgroup)."""
-    return cfg(bm, bn, bk, 4, stages, kernel="wgmma_ws", WEIGHT_FP16=1, **kw)
-
-
 def tma(*args, ws=False, slices=1, w16=False, ctas=1, **kw):
     """A persistent TMA-kernel config: ws warp-specialised, `slices` epilogue slices, w16 the weight rounded to
     fp16 per call, `ctas` programs per SM."""
@@ -243,8 +237,7 @@ def jit_runner(op, dot, config, x, w, y, vectors):
             torch.mm(x, w.t(), out=y)
         if kernel["persistent"]:  # (the TMA and the Gluon kernel take the same arguments)
             run.compiled = function[grid](
-                x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta,
-                **kernel.get("options", {}))
+                x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta)
         else:
             partials = torch.empty(split_k * M * N, device=x.device, dtype=torch.float32) if split_k > 1 else unused
             run.compiled = function[(tiles * split_k,)](
