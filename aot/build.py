@@ -156,7 +156,8 @@ def compile_variant(variant, cache_dir):
 
     target = GPUTarget("cuda", variant["arch"], 32)
     backend = triton.compiler.make_backend(target)
-    options = backend.parse_options({"num_warps": config["num_warps"], "num_stages": config["num_stages"]})
+    options = backend.parse_options({"num_warps": config["num_warps"], "num_stages": config["num_stages"],
+                                     **spec.KERNELS[variant["kernel"]].get("options", {})})
     if kernel.is_gluon():
         from triton.experimental.gluon._runtime import GluonASTSource as source_type
     else:

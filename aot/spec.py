@@ -11,7 +11,8 @@ import os
 # "dots": the DOT values it serves (None: all); "max_arch": newest arch it runs on (None: any);
 # "stages_constexpr": the config's num_stages goes to the kernel as STAGES (Gluon kernels pipeline by hand);
 # "requires": launcher knobs (LAUNCHER_KNOBS) a config of this kernel must set to these values;
-# "cublas_gemm": the launcher has cuBLAS (at::mm) write x @ W^T into y first and the kernel only applies the epilogue.
+# "cublas_gemm": the launcher has cuBLAS (at::mm) write x @ W^T into y first and the kernel only applies the epilogue;
+# "options" (optional): compile options beyond num_warps / num_stages.
 KERNELS = {
     "tiled": {"source": "kernels/fused_linear.py", "function": "fused_linear_kernel",
               "layouts": ("aligned", "generic"), "min_arch": 80, "max_arch": None, "dots": None,
@@ -25,6 +26,11 @@ KERNELS = {
     "wgmma": {"source": "kernels/fused_linear_gluon.py", "function": "fused_linear_wgmma_kernel",
               "layouts": ("aligned",), "min_arch": 90, "max_arch": 90, "dots": ("fp16",), "persistent": True,
               "stages_constexpr": True, "knobs": {}, "requires": {"WEIGHT_FP16": 1}, "cublas_gemm": False},
+    # fp16/bf16/TF32 with a loader warpgroup and two consumer warpgroups sharing each tile (warp-specialised, Hopper
+    # wgmma); maxnreg spreads the registers over its three warpgroups (see the kernel)
+    "coop": {"source": "kernels/fused_linear_coop.py", "function": "fused_linear_coop_kernel", "layouts": ("aligned",),
+             "min_arch": 90, "max_arch": 90, "dots": ("native", "tf32"), "persistent": True, "stages_constexpr": True,
+             "knobs": {}, "requires": {}, "cublas_gemm": False, "options": {"maxnreg": 168}},
     # fp32 'ieee': cuBLAS's SGEMM (exact fp32 products, ~2x Triton's FMA main loop), then the epilogue in place. Only
     # where torch keeps cuBLAS on fp32 (allow_tf32 off); otherwise the launcher takes the generic rule's kernel.
     "cublas": {"source": "kernels/fused_linear.py", "function": "fused_epilogue_kernel", "layouts": ("aligned",),

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench import EPS, SEED_PROBLEMS, composite, rel_err  # noqa: E402
 from bench.timing import round_order, time_cuda  # noqa: E402
-from bench.tune import cfg, jit_runner, tma, wgmma  # noqa: E402
+from bench.tune import cfg, coop, jit_runner, tma, wgmma  # noqa: E402
 
 
 AOT = None  # the built op itself, through torch.ops.fusedops (whatever the tables pick)
@@ -205,6 +205,28 @@ GROUPS = {
         ("tiled 64x128x64 w4 s8", cfg(64, 128, 64, 4, 8)),
         ("tma 128x128x64 w4 s3 4 slices 2 CTAs/SM", tma(128, 128, 64, 4, 3, slices=4, ctas=2)),
     ]),
+    # a loader warpgroup and two consumer warpgroups per tile (kernels/fused_linear_coop.py; session 10)
+    "p76_tf32_coop": ("linear_relu", *P76, torch.float32, "tf32", [
+        ("tma 128x256x32 s4 4 slices (table)", tma(128, 256, 32, 8, 4, slices=4)),
+        ("coop 128x256x32 s4", coop(128, 256, 32, 4)),
+    ]),
+    "p41_tf32_coop": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
+        ("tma 256x128x32 s4 4 slices (table)", tma(256, 128, 32, 8, 4, slices=4)),
+        ("coop 128x256x32 s4", coop(128, 256, 32, 4)),
+    ]),
+    "p41_half_coop": ("linear_bn_gelu_relu", *P41, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("coop 128x256x64 s4", coop(128, 256, 64, 4)),
+        ("coop 128x256x64 s3", coop(128, 256, 64, 3)),
+    ]),
+    "p76_half_coop": ("linear_relu", *P76, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("coop 128x256x64 s4", coop(128, 256, 64, 4)),
+    ]),
+    "k1024_bn_half_coop": ("linear_bn_gelu_relu", 4096, 4096, 1024, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("coop 128x256x64 s4", coop(128, 256, 64, 4)),
+    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -219,6 +241,8 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p41_fp32_fp16_tiled": "mm16", "p76_half": "mm", "p41_group_m": "mm", "p76_group_m": "mm",
     "p41_fp32_fp16_wgmma": "mm16", "p41_relu_fp32_fp16_wgmma": "mm16", "m256_n8192_half": "mm",
     "m256_n4096_half": "mm", "p76_tf32_deep": "lt_relu", "k1024_bn_half": "mm",
+    "p76_tf32_coop": "lt_relu", "p41_tf32_coop": "mm", "p41_half_coop": "mm", "p76_half_coop": "mm",
+    "k1024_bn_half_coop": "mm",
 }
 
 

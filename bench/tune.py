@@ -73,6 +73,12 @@ def wgmma(bm, bn, bk, warps, stages, **kw):
     return cfg(bm, bn, bk, warps, stages, kernel="wgmma", WEIGHT_FP16=1, **kw)
 
 
+def coop(bm, bn, bk, stages, **kw):
+    """A config of the warp-specialised Gluon kernel (a loader warpgroup, two consumer warpgroups per tile; num_warps 4
+    per warpgroup)."""
+    return cfg(bm, bn, bk, 4, stages, kernel="coop", **kw)
+
+
 def tma(*args, ws=False, slices=1, w16=False, ctas=1, **kw):
     """A persistent TMA-kernel config: ws warp-specialised, `slices` epilogue slices, w16 the weight rounded to
     fp16 per call, `ctas` programs per SM."""
@@ -114,7 +120,9 @@ FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 
             # a 128x256 fp32 output tile needs the split store to fit its staging buffer beside 3 stages
             tma(128, 256, 32, 8, 3, slices=2), tma(256, 128, 32, 8, 3, slices=2),
             # a fourth stage in room made by 4 slices: bytes in flight for inputs rotated past the L2 (v39)
-            tma(128, 256, 32, 8, 4, slices=4), tma(256, 128, 32, 8, 4, slices=4)]
+            tma(128, 256, 32, 8, 4, slices=4), tma(256, 128, 32, 8, 4, slices=4),
+            # a loader warpgroup and two consumers per tile, as cuBLAS's TF32 kernel (session 10)
+            coop(128, 256, 32, 4)]
 # fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only. Candidates
 # whose register-A wgmma stay in flight across the conversions are refused (PERF_NOTES.md v19): with triton 3.8 that
 # is every TMA one here; the Gluon kernel keeps one in flight safely (v25-v27).
@@ -237,7 +245,8 @@ def jit_runner(op, dot, config, x, w, y, vectors):
             torch.mm(x, w.t(), out=y)
         if kernel["persistent"]:  # (the TMA and the Gluon kernel take the same arguments)
             run.compiled = function[grid](
-                x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta)
+                x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta,
+                **kernel.get("options", {}))
         else:
             partials = torch.empty(split_k * M * N, device=x.device, dtype=torch.float32) if split_k > 1 else unused
             run.compiled = function[(tiles * split_k,)](

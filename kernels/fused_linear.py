@@ -7,9 +7,10 @@ Two main loops share one epilogue:
                            pointer loads; any strides (all archs)
   fused_linear_tma_kernel  persistent programs walking the tiles, TMA tensor-descriptor loads and
                            stores (Hopper); unit inner strides and 16-byte-aligned rows only
-(A third, for fp32 x on fp16 tensor cores on Hopper, is written in Gluon in fused_linear_gluon.py and uses the
-epilogue and helpers here. And fused_epilogue_kernel has no main loop: for fp32 'ieee' the launcher has cuBLAS write
-x @ W^T first and this kernel applies the epilogue in place.)
+(Two more Hopper main loops are written in Gluon and use the epilogue and helpers here: fused_linear_gluon.py for
+fp32 x on fp16 tensor cores, fused_linear_coop.py with a loader warpgroup beside two consumer warpgroups. And
+fused_epilogue_kernel has no main loop: for fp32 'ieee' the launcher has cuBLAS write x @ W^T first and this kernel
+applies the epilogue in place.)
 Each reads top to bottom: program id -> grouped tile order -> pointers -> K loop -> epilogue -> store.
 The epilogue is a compile-time choice (cuBLASLt-style): adding one is one branch in `epilogue_vectors` (its
 per-column vectors) and one in `apply_epilogue` (its arithmetic), plus one line in aot/spec.py OPS.
