@@ -10,7 +10,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fusedops  # noqa: E402,F401
 from reference import make_problem, rel_err, run_fused, run_ref  # noqa: E402
 
-SHAPES = [((1,), 1, 1), ((3,), 17, 5), ((17,), 33, 100), ((65,), 129, 48), ((2, 7), 16, 31), ((130,), 64, 64)]
+SHAPES = [((1,), 1, 1), ((3,), 17, 5), ((17,), 33, 100), ((65,), 129, 48), ((2, 7), 16, 31), ((130,), 64, 64),
+          # ragged M, N and K tiles in the big-M rules: on sm_90 the persistent TMA and Gluon kernels (device-side
+          # tensor descriptors, warp-specialised partitions), on sm_89 the tiled kernel's big tiles
+          ((1000,), 2064, 1040)]
 CASES = [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float32, "fp16"), (torch.float16, None),
          (torch.bfloat16, None)]
 
@@ -23,5 +26,6 @@ for op in ("linear_relu", "linear_bn_gelu_relu"):
             ref = run_ref(op, p)
             if ref.norm() > 0 and rel_err(out, ref) > 1e-2:
                 raise SystemExit(f"wrong result: {op} {dtype} {precision} {m_shape} {n} {k}")
+            print(m_shape, n, k, torch.ops.fusedops._last_launch())  # which variant ran under the sanitizer
 torch.cuda.synchronize()
 print("sweep ok")
