@@ -17,6 +17,7 @@ the wgmma that read it (two arrivals). The consumers store the epilogue's result
 (The consumers are worker partitions because triton 3.6 cannot lower a tensor store in the default partition.)
 """
 from kernels import fused_linear
+from kernels.fused_linear_gluon import epilogue_store_by_quarters, tile_origin
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
@@ -28,13 +29,6 @@ CONSUMER_REGS = gl.constexpr(232)
 
 
 @gluon.jit
-def tile_origin(tile, first_tile, num_sms, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
-    """The first row and column of the program's tile number `tile` (fused_linear.grouped_tile's order)."""
-    pid_m, pid_n = fused_linear.grouped_tile(first_tile + tile * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    return pid_m * BLOCK_M, pid_n * BLOCK_N
-
-
-@gluon.jit
 def loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
            M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps,
            IS_BN: gl.constexpr, GROUP_M: gl.constexpr):
@@ -43,7 +37,7 @@ def loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_p
     BLOCK_K: gl.constexpr = x_bufs.type.shape[2]
     BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
     for t in range(my_tiles):
-        off_m, off_n = tile_origin(t, first_tile, num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         for kk in range(k_steps):
             step = t * k_steps + kk
             slot = step % STAGES
@@ -51,25 +45,6 @@ def loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_p
             mbarrier.expect(ready.index(slot), x_desc.block_type.nbytes + w_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(x_desc, [off_m, kk * BLOCK_K], ready.index(slot), x_bufs.index(slot))
             tma.async_copy_global_to_shared(w_desc, [off_n, kk * BLOCK_K], ready.index(slot), w_bufs.index(slot))
-
-
-@gluon.jit
-def store_quarter(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
-                  has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr):
-    """fused_linear's epilogue arithmetic on one column slice of a consumer's rows, stored straight from the registers
-    (the per-column vectors loaded one column per thread, then spread to the accumulator's layout)."""
-    ROWS: gl.constexpr = acc.shape[0]
-    COLS: gl.constexpr = acc.shape[1]
-    columns: gl.constexpr = gl.SliceLayout(0, acc.type.layout)
-    one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
-    scale, shift = fused_linear.epilogue_vectors(off_n + gl.arange(0, COLS, layout=one_per_thread), N, bias_ptr,
-                                                 mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta,
-                                                 eps, EPILOGUE)
-    out = fused_linear.apply_epilogue(acc, gl.convert_layout(scale, columns), gl.convert_layout(shift, columns),
-                                      EPILOGUE, y_ptr.dtype.element_ty)
-    rows = gl.expand_dims((off_m + gl.arange(0, ROWS, layout=gl.SliceLayout(1, acc.type.layout))).to(gl.int64), 1)
-    cols = gl.expand_dims(off_n + gl.arange(0, COLS, layout=columns), 0)
-    gl.store(y_ptr + rows * stride_ym + cols, out.to(y_ptr.dtype.element_ty), mask=(rows < M) & (cols < N))
 
 
 @gluon.jit
@@ -81,12 +56,10 @@ def consumer_rows(x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_p
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
     BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
     HALF: gl.constexpr = BLOCK_M // 2
-    QUARTER: gl.constexpr = BLOCK_N // 4
     # fp32 operands run as TF32 (the compile default; wgmma has no full-fp32 mode), 8 deep per instruction
     K_WIDTH: gl.constexpr = 8 if x_bufs.type.element_ty == gl.float32 else 16
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps(), 1],
                                                          instr_shape=[16, BLOCK_N, K_WIDTH])
-    vectors = (M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
     for t in range(my_tiles):
         first_step = t * k_steps
         acc = gl.zeros((HALF, BLOCK_N), gl.float32, acc_layout)
@@ -101,14 +74,9 @@ def consumer_rows(x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_p
             mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1, pred=kk > 0)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
         mbarrier.arrive(empty.index((first_step + k_steps - 1) % STAGES), count=1)
-        off_m, off_n = tile_origin(t, first_tile, num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        off_m += WHICH * HALF
-        # by quarters of the columns: a whole row of per-column vectors beside the accumulator spills (v25)
-        q0, q1, q2, q3 = fused_linear.split_quarters(acc, HALF, BLOCK_N)
-        store_quarter(q0, y_ptr, stride_ym, off_m, off_n, *vectors, EPILOGUE)
-        store_quarter(q1, y_ptr, stride_ym, off_m, off_n + QUARTER, *vectors, EPILOGUE)
-        store_quarter(q2, y_ptr, stride_ym, off_m, off_n + 2 * QUARTER, *vectors, EPILOGUE)
-        store_quarter(q3, y_ptr, stride_ym, off_m, off_n + 3 * QUARTER, *vectors, EPILOGUE)
+        off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        epilogue_store_by_quarters(acc, y_ptr, stride_ym, off_m + WHICH * HALF, off_n, M, N, bias_ptr, mean_ptr,
+                                   var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE, False)
 
 
 @gluon.jit

@@ -28,23 +28,46 @@ IN_FLIGHT = gl.constexpr(1)
 
 @gluon.jit
 def epilogue_store(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
-                   has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr):
-    """fused_linear's epilogue arithmetic on one column slice of the tile, stored straight from the registers. The
+                   has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr, REORDERED_ROWS: gl.constexpr):
+    """fused_linear's epilogue arithmetic on one column slice of the accumulator, stored straight from the registers
+    at (off_m, off_n); REORDERED_ROWS: its rows come in conflict_free_rows' order (tile_rows maps them back). The
     per-column vectors are loaded and folded one column per thread, then spread to the accumulator's layout (whose
     threads each hold a slice's worth of columns): a vector load per accumulator column would be 8x the loads, and
     the compiler would hoist them all above the first slice's arithmetic (spills)."""
-    BLOCK_M: gl.constexpr = acc.shape[0]
+    ROWS: gl.constexpr = acc.shape[0]
     COLS: gl.constexpr = acc.shape[1]
     columns: gl.constexpr = gl.SliceLayout(0, acc.type.layout)
+    row_layout: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
     one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
     scale, shift = fused_linear.epilogue_vectors(off_n + gl.arange(0, COLS, layout=one_per_thread), N, bias_ptr,
                                                  mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta,
                                                  eps, EPILOGUE)
     out = fused_linear.apply_epilogue(acc, gl.convert_layout(scale, columns), gl.convert_layout(shift, columns),
                                       EPILOGUE, y_ptr.dtype.element_ty)
-    rows = gl.expand_dims(tile_rows(off_m, BLOCK_M, gl.SliceLayout(1, acc.type.layout)).to(gl.int64), 1)
+    if REORDERED_ROWS:
+        y_rows = tile_rows(off_m, ROWS, row_layout)
+    else:
+        y_rows = off_m + gl.arange(0, ROWS, layout=row_layout)
+    rows = gl.expand_dims(y_rows.to(gl.int64), 1)
     cols = gl.expand_dims(off_n + gl.arange(0, COLS, layout=columns), 0)
-    gl.store(y_ptr + rows * stride_ym + cols, out, mask=(rows < M) & (cols < N))
+    gl.store(y_ptr + rows * stride_ym + cols, out.to(y_ptr.dtype.element_ty), mask=(rows < M) & (cols < N))
+
+
+@gluon.jit
+def epilogue_store_by_quarters(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr,
+                               beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr,
+                               REORDERED_ROWS: gl.constexpr):
+    """epilogue_store on an accumulator from wgmma, by quarters of its columns: a whole row of per-column vectors (5
+    loaded, 2 folded) beside a 128-register accumulator spills (1.5 GB of local-memory traffic at problem 41, v25)."""
+    ROWS: gl.constexpr = acc.shape[0]
+    COLS: gl.constexpr = acc.shape[1]
+    QUARTER: gl.constexpr = COLS // 4
+    vectors = (M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
+    q0, q1, q2, q3 = fused_linear.split_quarters(acc, ROWS, COLS)
+    epilogue_store(q0, y_ptr, stride_ym, off_m, off_n, *vectors, EPILOGUE, REORDERED_ROWS)
+    epilogue_store(q1, y_ptr, stride_ym, off_m, off_n + QUARTER, *vectors, EPILOGUE, REORDERED_ROWS)
+    epilogue_store(q2, y_ptr, stride_ym, off_m, off_n + 2 * QUARTER, *vectors, EPILOGUE, REORDERED_ROWS)
+    epilogue_store(q3, y_ptr, stride_ym, off_m, off_n + 3 * QUARTER, *vectors, EPILOGUE, REORDERED_ROWS)
 
 
 @gluon.jit
@@ -172,15 +195,8 @@ def fused_linear_wgmma_kernel(
             step += SETS
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
         off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        # The epilogue goes by quarters of the tile's columns: a whole row of per-column vectors (5 loaded, 2
-        # folded) beside the 128-register accumulator spills (1.5 GB of local-memory traffic at problem 41).
-        vectors = (M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
-        QUARTER: gl.constexpr = BLOCK_N // 4
-        q0, q1, q2, q3 = fused_linear.split_quarters(acc, BLOCK_M, BLOCK_N)
-        epilogue_store(q0, y_ptr, stride_ym, off_m, off_n, *vectors, EPILOGUE)
-        epilogue_store(q1, y_ptr, stride_ym, off_m, off_n + QUARTER, *vectors, EPILOGUE)
-        epilogue_store(q2, y_ptr, stride_ym, off_m, off_n + 2 * QUARTER, *vectors, EPILOGUE)
-        epilogue_store(q3, y_ptr, stride_ym, off_m, off_n + 3 * QUARTER, *vectors, EPILOGUE)
+        epilogue_store_by_quarters(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr,
+                                   beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE, True)
 
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(i))
