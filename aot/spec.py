@@ -20,7 +20,7 @@ KERNELS = {
               "requires": {}, "cublas_gemm": False},
     "tma": {"source": "kernels/fused_linear.py", "function": "fused_linear_tma_kernel", "layouts": ("aligned",),
             "min_arch": 90, "max_arch": None, "dots": None, "persistent": True, "stages_constexpr": False,
-            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SLICES": 1, "STREAM_K": 0}, "requires": {},
+            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SLICES": 1}, "requires": {},
             "cublas_gemm": False},
     # fp32 x on fp16 tensor cores with explicit wgmma waits (Hopper's wgmma only; the weight arrives in fp16)
     "wgmma": {"source": "kernels/fused_linear_gluon.py", "function": "fused_linear_wgmma_kernel",

@@ -227,33 +227,6 @@ GROUPS = {
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("coop 128x256x64 s4", coop(128, 256, 64, 4)),
     ]),
-    # stream-K: the last two waves shared out by k-steps (problem 76: 256 tiles on 132 SMs, 1.94 waves; problem 41:
-    # 2048 tiles, 15.5 waves)
-    "p76_tf32_sk": ("linear_relu", *P76, torch.float32, "tf32", [
-        ("tma 128x256x32 s4 4 slices (table)", tma(128, 256, 32, 8, 4, slices=4)),
-        ("tma 128x256x32 s4 4 slices stream-K", tma(128, 256, 32, 8, 4, slices=4, sk=True)),
-        ("stream-K, not flattened", dict(tma(128, 256, 32, 8, 4, slices=4, sk=True), FLATTEN=0)),
-    ]),
-    "p76_half_sk": ("linear_relu", *P76, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("tma 128x256x64 s3 stream-K", tma(128, 256, 64, 8, 3, sk=True)),
-        ("stream-K, not flattened", dict(tma(128, 256, 64, 8, 3, sk=True), FLATTEN=0)),
-    ]),
-    "p41_half_sk": ("linear_bn_gelu_relu", *P41, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("tma 128x256x64 s3 stream-K", tma(128, 256, 64, 8, 3, sk=True)),
-        ("stream-K, not flattened", dict(tma(128, 256, 64, 8, 3, sk=True), FLATTEN=0)),
-    ]),
-    # 2112 tiles = 16 waves of 132: stream-K does not engage, so this times the stream-K build's data-parallel loop
-    "m16896_half_sk": ("linear_relu", 16896, 4096, 4096, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("tma 128x256x64 s3 stream-K", tma(128, 256, 64, 8, 3, sk=True)),
-        ("stream-K, not flattened", dict(tma(128, 256, 64, 8, 3, sk=True), FLATTEN=0)),
-    ]),
-    "p41_bf16_sk": ("linear_bn_gelu_relu", *P41, torch.bfloat16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("tma 128x256x64 s3 stream-K", tma(128, 256, 64, 8, 3, sk=True)),
-    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -269,9 +242,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p41_fp32_fp16_wgmma": "mm16", "p41_relu_fp32_fp16_wgmma": "mm16", "m256_n8192_half": "mm",
     "m256_n4096_half": "mm", "p76_tf32_deep": "lt_relu", "k1024_bn_half": "mm",
     "p76_tf32_coop": "lt_relu", "p41_tf32_coop": "mm", "p41_half_coop": "mm", "p76_half_coop": "mm",
-    "k1024_bn_half_coop": "mm", "p76_tf32_sk": "lt_relu", "p76_half_sk": "mm", "p41_half_sk": "mm",
-    "p41_bf16_sk": "mm",
-    "m16896_half_sk": "mm",
+    "k1024_bn_half_coop": "mm",
 }
 
 

@@ -79,12 +79,10 @@ def coop(bm, bn, bk, stages, **kw):
     return cfg(bm, bn, bk, 4, stages, kernel="coop", **kw)
 
 
-def tma(*args, ws=False, slices=1, w16=False, ctas=1, sk=False, **kw):
+def tma(*args, ws=False, slices=1, w16=False, ctas=1, **kw):
     """A persistent TMA-kernel config: ws warp-specialised, `slices` epilogue slices, w16 the weight rounded to
-    fp16 per call, `ctas` programs per SM, sk the last two waves shared out by k-steps (stream-K)."""
+    fp16 per call, `ctas` programs per SM."""
     config = cfg(*args, kernel="tma", **kw)
-    if sk:
-        config.update(STREAM_K=1)
     if ws:
         config.update(FLATTEN=0, WARP_SPECIALIZE=1)
     if slices != 1:
@@ -234,11 +232,9 @@ def jit_runner(op, dot, config, x, w, y, vectors):
         grid = (min(tiles, ctas_per_sm * torch.cuda.get_device_properties(x.device).multi_processor_count),)
 
     split_k = int(config.get("SPLIT_K", 1))
-    stream_k = bool(config.get("STREAM_K", 0))
-    # split-K and stream-K, as the AOT launcher: a partial-sum workspace each call, and per-tile counters zeroed once
-    # (the kernel leaves them zero). Without either the two are unused placeholders.
-    counters = torch.zeros(tiles if split_k > 1 else 2 * tiles if stream_k else 1, device=x.device,
-                           dtype=torch.int32)
+    # split-K, as the AOT launcher: a partial-sum workspace each call, and per-tile counters zeroed once (the kernel
+    # leaves them zero). Without split-K the two are unused placeholders.
+    counters = torch.zeros(tiles if split_k > 1 else 1, device=x.device, dtype=torch.int32)
     unused = torch.empty(1, device=x.device, dtype=torch.float32)
 
     def run():
@@ -247,12 +243,10 @@ def jit_runner(op, dot, config, x, w, y, vectors):
             if torch.backends.cuda.matmul.allow_tf32:
                 raise RuntimeError("a cuBLAS-GEMM config runs only with TF32 off (the op's 'ieee' contract)")
             torch.mm(x, w.t(), out=y)
-        if kernel["persistent"]:  # (the TMA and the Gluon kernels take the same arguments)
-            partials = (torch.empty(2 * grid[0] * config["BLOCK_M"] * config["BLOCK_N"], device=x.device,
-                                    dtype=torch.float32) if stream_k else unused)
+        if kernel["persistent"]:  # (the TMA and the Gluon kernel take the same arguments)
             run.compiled = function[grid](
-                x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], partials,
-                counters, **meta, **kernel.get("options", {}))
+                x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta,
+                **kernel.get("options", {}))
         else:
             partials = torch.empty(split_k * M * N, device=x.device, dtype=torch.float32) if split_k > 1 else unused
             run.compiled = function[(tiles * split_k,)](

@@ -26,10 +26,6 @@ import triton.language as tl
 # half an ulp); bf16 degree 3, 9.5e-5 (1/41). Each term is one FFMA per element. Coefficients: minimax fits of the
 # result's relative error by scripts/fit_gelu_tail.py (the CPU tests check each set against its bound). Past MAX
 # the kernel takes v - MAX * 2^p(MAX), off the exact result by less than 2^p(MAX) relative.
-# STREAM_K: the fewest k-steps per tile for which the kernel shares out its last two waves by k-steps (below it the
-# split tiles' partial sums cost about what the balance saves)
-STREAM_K_MIN_K_STEPS = tl.constexpr(32)
-
 GELU_TAIL_FP32_MAX = tl.constexpr(5.0)
 GELU_TAIL_FP32_C0 = tl.constexpr(-1.0000003576278687)
 GELU_TAIL_FP32_C1 = tl.constexpr(-1.1510951519012451)
@@ -281,67 +277,6 @@ def epilogue_store(acc, y_desc, off_m, off_n, N, bias_ptr, mean_ptr, var_ptr, ga
     y_desc.store([off_m, off_n], acc.to(y_desc.dtype))
 
 
-@triton.jit
-def join_columns(left, right, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """split_columns' inverse: [ROWS, COLS / 2] halves -> [ROWS, COLS] (register renaming)."""
-    return tl.reshape(tl.permute(tl.join(left, right), (0, 2, 1)), (ROWS, COLS))
-
-
-@triton.jit
-def add_partial(acc, part_ptrs, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """acc + the fp32 partial tile at part_ptrs, a column quarter at a time: the whole partial tile would double the
-    accumulator's registers."""
-    q0, q1, q2, q3 = split_quarters(acc, ROWS, COLS)
-    p0, p1, p2, p3 = split_quarters(part_ptrs, ROWS, COLS)
-    q0 += tl.load(p0, cache_modifier=".cg")
-    q1 += tl.load(p1, cache_modifier=".cg")
-    q2 += tl.load(p2, cache_modifier=".cg")
-    q3 += tl.load(p3, cache_modifier=".cg")
-    return join_columns(join_columns(q0, q1, ROWS, COLS // 2), join_columns(q2, q3, ROWS, COLS // 2), ROWS, COLS)
-
-
-@triton.jit
-def stream_k_owner(step, share, extra):
-    """The program whose stream-K share holds k-step `step`: the first `extra` programs take share + 1 steps."""
-    return tl.where(step < extra * (share + 1), step // (share + 1), extra + (step - extra * (share + 1)) // share)
-
-
-@triton.jit
-def partial_tile(partials_ptr, slot, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Pointers to the fp32 [BLOCK_M, BLOCK_N] partial sum in workspace slot `slot`."""
-    in_slot = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    return partials_ptr + slot.to(tl.int64) * (BLOCK_M * BLOCK_N) + in_slot
-
-
-@triton.jit
-def tile_offsets(tile_id, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """The first row and column of output tile tile_id (grouped order)."""
-    pid_m, pid_n = grouped_tile(tile_id, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    return pid_m * BLOCK_M, pid_n * BLOCK_N
-
-
-@triton.jit
-def epilogue_store_tile(acc, y_desc, off_m, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias,
-                        has_gamma, has_beta, eps, EPILOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        EPILOGUE_SLICES: tl.constexpr):
-    """EPILOGUE on a whole [BLOCK_M, BLOCK_N] tile, stored through TMA in EPILOGUE_SLICES column slices."""
-    SLICE_N: tl.constexpr = BLOCK_N // EPILOGUE_SLICES
-    vectors = (N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
-    if EPILOGUE_SLICES == 1:
-        epilogue_store(acc, y_desc, off_m, off_n, *vectors, EPILOGUE, SLICE_N)
-    elif EPILOGUE_SLICES == 2:
-        left, right = split_columns(acc, BLOCK_M, BLOCK_N)
-        epilogue_store(left, y_desc, off_m, off_n, *vectors, EPILOGUE, SLICE_N)
-        epilogue_store(right, y_desc, off_m, off_n + SLICE_N, *vectors, EPILOGUE, SLICE_N)
-    else:
-        tl.static_assert(EPILOGUE_SLICES == 4, "EPILOGUE_SLICES must be 1, 2 or 4")
-        s0, s1, s2, s3 = split_quarters(acc, BLOCK_M, BLOCK_N)
-        epilogue_store(s0, y_desc, off_m, off_n, *vectors, EPILOGUE, SLICE_N)
-        epilogue_store(s1, y_desc, off_m, off_n + SLICE_N, *vectors, EPILOGUE, SLICE_N)
-        epilogue_store(s2, y_desc, off_m, off_n + 2 * SLICE_N, *vectors, EPILOGUE, SLICE_N)
-        epilogue_store(s3, y_desc, off_m, off_n + 3 * SLICE_N, *vectors, EPILOGUE, SLICE_N)
-
-
 @triton.jit(**JIT_LIKE_AOT)
 def fused_linear_tma_kernel(
     x_ptr, w_ptr, y_ptr,
@@ -351,11 +286,9 @@ def fused_linear_tma_kernel(
     has_bias, has_gamma, has_beta,
     eps,
     num_sms,  # programs launched (<= CTAS_PER_SM x number of SMs); each walks tiles num_sms apart
-    partials_ptr, tile_counters_ptr,  # STREAM_K only: fp32 [num_sms, BLOCK_M * BLOCK_N]; int32 [2 x tiles], zero
     EPILOGUE: tl.constexpr, DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     FLATTEN: tl.constexpr = True, WARP_SPECIALIZE: tl.constexpr = False, EPILOGUE_SLICES: tl.constexpr = 1,
-    STREAM_K: tl.constexpr = False,
 ):
     # Descriptors are built on the device (in the launcher-provided global scratch); the TMA unit
     # zero-fills out-of-range reads and clips out-of-range writes, so no masks anywhere.
@@ -369,83 +302,28 @@ def fused_linear_tma_kernel(
     y_desc = tl.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[stride_ym, 1], block_shape=[BLOCK_M, SLICE_N])
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
-    vectors = (N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
-    # STREAM_K: the tiles of the last, partial wave are shared out by k-steps, so that every program does the same
-    # number of them instead of some SMs idling through that wave (the data-parallel + stream-K hybrid of CUTLASS).
-    # Only where it pays: long K loops (STREAM_K_MIN_K_STEPS: each split tile costs its pieces' partial sums written
-    # and read), and a partial wave of at least half the programs (each share is then >= half a tile: at most three
-    # pieces per tile).
-    pid = tl.program_id(0)
-    loop_first, loop_end, loop_step = pid, num_tiles, num_sms  # data-parallel: tile ids, num_sms apart
-    if STREAM_K:
-        dp_tiles = num_tiles // num_sms * num_sms
-        sk_tiles = num_tiles - dp_tiles
-        if (2 * sk_tiles < num_sms) | (k_tiles < STREAM_K_MIN_K_STEPS):
-            dp_tiles = num_tiles
-            sk_tiles = 0
-        # This program's share: k-steps [start, end) of the partial wave's sk_tiles * k_tiles, fewer than one tile's
-        # k_tiles, so it covers pieces of at most two tiles. Each program runs its whole data-parallel tiles, then
-        # the piece that starts at k-step 0 (the head of its second tile), then the rest (the tail of its first):
-        # every program then reads the same k-step at the same time, or one of two, so the operand tiles the
-        # programs share are read from L2 together as in the data-parallel waves (in share order they were not:
-        # the programs sat at scattered k-steps, problem 76 ran 3.2x slower, PERF_NOTES.md v45).
-        share = sk_tiles * k_tiles // num_sms
-        extra = sk_tiles * k_tiles % num_sms
-        start = pid * share + tl.minimum(pid, extra)
-        end = start + share + (pid < extra).to(tl.int32)
-        first_tile = start // k_tiles
-        second_tile = (end - 1) // k_tiles
-        pieces_here = (second_tile - first_tile + 1) * (end > start).to(tl.int32)
-        loop_first, loop_step = 0, 1  # work units: the data-parallel tiles, then the stream-K pieces
-        loop_end = num_tiles // num_sms + pieces_here
-        if sk_tiles == 0:
-            loop_end = tl.cdiv(num_tiles - pid, num_sms)
     # FLATTEN lets the software pipeline run the next tile's loads under this tile's epilogue;
     # WARP_SPECIALIZE splits producer and consumer warps (the tuning table picks).
-    for unit in tl.range(loop_first, loop_end, loop_step, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE):
-        tile_id = unit
-        k_first = 0
-        k_end = k_tiles
-        if STREAM_K:
-            tile_id = pid + unit * num_sms
-            if tile_id >= dp_tiles:
-                piece = unit - num_tiles // num_sms  # 0, or 1 when there are two
-                sk_tile = first_tile
-                k_first = start - first_tile * k_tiles
-                k_end = tl.minimum(end - first_tile * k_tiles, k_tiles)
-                if (pieces_here == 2) & (piece == 0):  # the head of the second tile first
-                    sk_tile = second_tile
-                    k_first = 0
-                    k_end = end - second_tile * k_tiles
-                tile_id = dp_tiles + sk_tile
-        off_m, off_n = tile_offsets(tile_id, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    for tile_id in tl.range(tl.program_id(0), num_tiles, num_sms, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE):
+        pid_m, pid_n = grouped_tile(tile_id, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(k_first, k_end):
+        for k in range(0, k_tiles):
             a = x_desc.load([off_m, k * BLOCK_K])
             b = w_desc.load([off_n, k * BLOCK_K])
             acc = mma(a, b.T, acc, DOT)
-        finish = True
-        if STREAM_K:
-            if (k_first != 0) | (k_end != k_tiles):
-                # One of a tile's 2 or 3 pieces: each leaves its sum in its program's workspace slot and arrives at
-                # the tile's counter; the last to arrive sets the counter back to 0 (for the next launch on this
-                # stream) and adds the pieces up in program order, so the result does not depend on arrival order.
-                sk_tile = tile_id - dp_tiles
-                tl.store(partial_tile(partials_ptr, 2 * pid + (sk_tile != first_tile).to(tl.int32), BLOCK_M, BLOCK_N),
-                         acc, cache_modifier=".cg")
-                tl.debug_barrier()
-                owner = stream_k_owner(sk_tile * k_tiles, share, extra)
-                pieces = stream_k_owner(sk_tile * k_tiles + k_tiles - 1, share, extra) - owner + 1
-                finish = tl.atomic_add(tile_counters_ptr + sk_tile, 1, sem="acq_rel", scope="gpu") == pieces - 1
-                if finish:
-                    tl.store(tile_counters_ptr + sk_tile, 0)
-                    # the first piece is its owner's second tile unless the tile starts that owner's share
-                    slot = 2 * owner + (sk_tile * k_tiles != owner * share + tl.minimum(owner, extra)).to(tl.int32)
-                    acc = tl.load(partial_tile(partials_ptr, slot, BLOCK_M, BLOCK_N), cache_modifier=".cg")
-                    acc = add_partial(acc, partial_tile(partials_ptr, 2 * (owner + 1), BLOCK_M, BLOCK_N), BLOCK_M,
-                                      BLOCK_N)
-                    if pieces == 3:
-                        acc = add_partial(acc, partial_tile(partials_ptr, 2 * (owner + 2), BLOCK_M, BLOCK_N),
-                                          BLOCK_M, BLOCK_N)
-        if finish:
-            epilogue_store_tile(acc, y_desc, off_m, off_n, *vectors, EPILOGUE, BLOCK_M, BLOCK_N, EPILOGUE_SLICES)
+        vectors = (N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
+        if EPILOGUE_SLICES == 1:
+            epilogue_store(acc, y_desc, off_m, off_n, *vectors, EPILOGUE, SLICE_N)
+        elif EPILOGUE_SLICES == 2:
+            left, right = split_columns(acc, BLOCK_M, BLOCK_N)
+            epilogue_store(left, y_desc, off_m, off_n, *vectors, EPILOGUE, SLICE_N)
+            epilogue_store(right, y_desc, off_m, off_n + SLICE_N, *vectors, EPILOGUE, SLICE_N)
+        else:
+            tl.static_assert(EPILOGUE_SLICES == 4, "EPILOGUE_SLICES must be 1, 2 or 4")
+            s0, s1, s2, s3 = split_quarters(acc, BLOCK_M, BLOCK_N)
+            epilogue_store(s0, y_desc, off_m, off_n, *vectors, EPILOGUE, SLICE_N)
+            epilogue_store(s1, y_desc, off_m, off_n + SLICE_N, *vectors, EPILOGUE, SLICE_N)
+            epilogue_store(s2, y_desc, off_m, off_n + 2 * SLICE_N, *vectors, EPILOGUE, SLICE_N)
+            epilogue_store(s3, y_desc, off_m, off_n + 3 * SLICE_N, *vectors, EPILOGUE, SLICE_N)

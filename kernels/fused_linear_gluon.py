@@ -138,7 +138,6 @@ def fused_linear_wgmma_kernel(
     has_bias, has_gamma, has_beta,
     eps,
     num_sms,
-    partials_ptr, tile_counters_ptr,  # unused: the TMA kernel's stream-K workspace (one argument list for all three)
     EPILOGUE: gl.constexpr, DOT: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr,
     STAGES: gl.constexpr,
