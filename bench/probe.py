@@ -227,6 +227,16 @@ GROUPS = {
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("coop 128x256x64 s4", coop(128, 256, 64, 4)),
     ]),
+    # coop's epilogue through shared memory and TMA (TMA_STORE) against its register stores (session 11)
+    "p41_tf32_coop_store": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
+        ("coop 128x256x32 s4 TMA store (table)", coop(128, 256, 32, 4, TMA_STORE=1)),
+        ("coop 128x256x32 s4", coop(128, 256, 32, 4)),
+    ]),
+    "k1024_bn_half_coop_store": ("linear_bn_gelu_relu", 4096, 4096, 1024, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("coop 128x256x64 s4", coop(128, 256, 64, 4)),
+        ("coop 128x256x64 s4 TMA store", coop(128, 256, 64, 4, TMA_STORE=1)),
+    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -243,6 +253,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "m256_n4096_half": "mm", "p76_tf32_deep": "lt_relu", "k1024_bn_half": "mm",
     "p76_tf32_coop": "lt_relu", "p41_tf32_coop": "mm", "p41_half_coop": "mm", "p76_half_coop": "mm",
     "k1024_bn_half_coop": "mm",
+    "p41_tf32_coop_store": "mm", "k1024_bn_half_coop_store": "mm",
 }
 
 

@@ -121,8 +121,9 @@ FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 
             tma(128, 256, 32, 8, 3, slices=2), tma(256, 128, 32, 8, 3, slices=2),
             # a fourth stage in room made by 4 slices: bytes in flight for inputs rotated past the L2 (v39)
             tma(128, 256, 32, 8, 4, slices=4), tma(256, 128, 32, 8, 4, slices=4),
-            # a loader warpgroup and two consumers per tile, as cuBLAS's TF32 kernel (session 10)
-            coop(128, 256, 32, 4)]
+            # a loader warpgroup and two consumers per tile, as cuBLAS's TF32 kernel (session 10); its epilogue
+            # through shared memory and TMA (session 11)
+            coop(128, 256, 32, 4), coop(128, 256, 32, 4, TMA_STORE=1)]
 # fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only. Candidates
 # whose register-A wgmma stay in flight across the conversions are refused (PERF_NOTES.md v19): with triton 3.8 that
 # is every TMA one here; the Gluon kernel keeps one in flight safely (v25-v27).

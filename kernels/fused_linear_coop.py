@@ -5,19 +5,25 @@ cooperative), in Gluon (build-time only, like fused_linear.py).
 
 Why: cuBLAS's TF32 kernel has the same 128x256x32 tile as the TMA kernel in fused_linear.py but a different
 structure: one warpgroup only issues TMA loads, two only run wgmma and the epilogue (in the TMA kernel both warpgroups
-issue the loads and every warp waits on the barriers). Measured (PERF_NOTES.md v44): the tuner picks it for TF32
-linear_bn_gelu_relu at big M (2-11% over the TMA kernel there); TF32 relu and fp16 / bf16 keep the TMA kernel.
+issue the loads and every warp waits on the barriers). Measured (PERF_NOTES.md v44, v46): with TMA stores the tuner
+picks it for TF32 at big M, both ops (TF32 BN at K 1024 5% over its register stores, relu level with the TMA
+kernel); fp16 / bf16 keep the TMA kernel (level with it at best).
 
 Partitions (gl.warp_specialize), in each persistent program:
   loader      the kernel's 4 warps (the default partition): TMA loads of x's and W's tiles for every k-step of the
               program's tiles, in tile order, into one STAGES-deep ring (it runs ahead across the epilogues)
-  consumer 0  4 more warps: rows 0..BLOCK_M/2 of every tile;  consumer 1: the other half
+  consumer    twice, 4 more warps each: rows 0..BLOCK_M/2 of every tile (WHICH 0), and the other half (WHICH 1)
 A slot's `ready` barrier completes when its bytes have landed; its `empty` barrier when both consumers have retired
-the wgmma that read it (two arrivals). The consumers store the epilogue's result straight from their registers.
+the wgmma that read it (two arrivals). The consumers store the epilogue's result straight from their registers, or
+(TMA_STORE) a column quarter at a time through a shared-memory buffer each and a TMA store: for fp16 / bf16 outputs
+the register stores write half-sectors and made this kernel 25-35% slower than the TMA kernel (PERF_NOTES.md v46).
 (The consumers are worker partitions because triton 3.6 cannot lower a tensor store in the default partition.)
+Partition arguments travel as IR values: a constexpr among them arrives as a runtime tensor (triton 3.6 and 3.8), so
+the partitions read the kernel's compile-time choices from the shape of `choices`, a tiny shared-memory buffer
+(choices_buffer), as they read the tile sizes from the buffers' shapes.
 """
 from kernels import fused_linear
-from kernels.fused_linear_gluon import epilogue_store_by_quarters, tile_origin
+from kernels.fused_linear_gluon import epilogue_store_by_quarters, epilogue_values, tile_origin
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
@@ -29,9 +35,19 @@ CONSUMER_REGS = gl.constexpr(232)
 
 
 @gluon.jit
-def loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
-           M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps,
-           IS_BN: gl.constexpr, GROUP_M: gl.constexpr):
+def choices_buffer(GROUP_M: gl.constexpr, IS_BN: gl.constexpr, TMA_STORE: gl.constexpr, WHICH: gl.constexpr):
+    """A [GROUP_M, 1 + IS_BN, 1 + TMA_STORE, 1 + WHICH] int8 buffer whose shape carries these constexprs into a
+    partition (read back as choices.type.shape[i]; a jit function's return value would be a tensor again). WHICH:
+    the consumer's half of the tile (the loader gets either)."""
+    layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[3, 2, 1, 0])
+    return gl.allocate_shared_memory(gl.int8, [GROUP_M, 1 + IS_BN, 1 + TMA_STORE, 1 + WHICH], layout)
+
+
+@gluon.jit
+def loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr, var_ptr,
+           gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles,
+           k_steps):
+    GROUP_M: gl.constexpr = choices.type.shape[0]
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
     BLOCK_K: gl.constexpr = x_bufs.type.shape[2]
@@ -48,10 +64,25 @@ def loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_p
 
 
 @gluon.jit
-def consumer_rows(x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M, N,
-                  stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps,
-                  EPILOGUE: gl.constexpr, GROUP_M: gl.constexpr, WHICH: gl.constexpr):
-    """Consumer WHICH: rows WHICH * BLOCK_M / 2 onwards of each of the program's tiles."""
+def store_quarter_by_tma(acc, y_desc, y_buf, off_m, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
+                         has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr):
+    """The epilogue on one column quarter of a consumer's rows, stored at (off_m, off_n) through y_buf and a TMA
+    store (the TMA unit clips rows and columns past the output's edge). The buffer is refilled once the previous
+    store has read it."""
+    out = epilogue_values(acc, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma,
+                          has_beta, eps, EPILOGUE, y_desc.dtype)
+    tma.store_wait(0)
+    y_buf.store(out.to(y_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(y_desc, [off_m, off_n], y_buf)
+
+
+@gluon.jit
+def consumer_rows(x_bufs, w_bufs, ready, empty, y_desc, y_buf, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr,
+                  beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps,
+                  EPILOGUE: gl.constexpr, GROUP_M: gl.constexpr, WHICH: gl.constexpr, TMA_STORE: gl.constexpr):
+    """Consumer WHICH: rows WHICH * BLOCK_M / 2 onwards of each of the program's tiles. TMA_STORE: the epilogue
+    stores through y_buf, this consumer's buffer of one column quarter, and TMA; otherwise from the registers."""
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
     BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
@@ -75,39 +106,40 @@ def consumer_rows(x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_p
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
         mbarrier.arrive(empty.index((first_step + k_steps - 1) % STAGES), count=1)
         off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        epilogue_store_by_quarters(acc, y_ptr, stride_ym, off_m + WHICH * HALF, off_n, M, N, bias_ptr, mean_ptr,
-                                   var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE, False)
+        if TMA_STORE:
+            QUARTER: gl.constexpr = BLOCK_N // 4
+            vectors = (N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
+            q0, q1, q2, q3 = fused_linear.split_quarters(acc, HALF, BLOCK_N)
+            first_row = off_m + WHICH * HALF
+            store_quarter_by_tma(q0, y_desc, y_buf, first_row, off_n, *vectors, EPILOGUE)
+            store_quarter_by_tma(q1, y_desc, y_buf, first_row, off_n + QUARTER, *vectors, EPILOGUE)
+            store_quarter_by_tma(q2, y_desc, y_buf, first_row, off_n + 2 * QUARTER, *vectors, EPILOGUE)
+            store_quarter_by_tma(q3, y_desc, y_buf, first_row, off_n + 3 * QUARTER, *vectors, EPILOGUE)
+        else:
+            epilogue_store_by_quarters(acc, y_ptr, stride_ym, off_m + WHICH * HALF, off_n, M, N, bias_ptr, mean_ptr,
+                                       var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE,
+                                       False)
+    if TMA_STORE:
+        tma.store_wait(0)  # the last store has read the buffer before the program ends
 
 
 @gluon.jit
-def consumer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
-             M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps,
-             IS_BN: gl.constexpr, GROUP_M: gl.constexpr, WHICH: gl.constexpr):
-    # (partition arguments travel as a tuple, which holds no strings: the epilogue comes as a flag)
-    rest = (x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym,
-            has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps)
+def consumer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr, var_ptr,
+             gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles,
+             k_steps):
+    GROUP_M: gl.constexpr = choices.type.shape[0]
+    IS_BN: gl.constexpr = choices.type.shape[1] == 2
+    TMA_STORE: gl.constexpr = choices.type.shape[2] == 2
+    WHICH: gl.constexpr = choices.type.shape[3] - 1
+    y_buf = y_bufs  # (a placeholder without TMA_STORE)
+    if TMA_STORE:
+        y_buf = y_bufs.index(WHICH)
+    rest = (x_bufs, w_bufs, ready, empty, y_desc, y_buf, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M, N,
+            stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps)
     if IS_BN:
-        consumer_rows(*rest, "bn_gelu_relu", GROUP_M, WHICH)
+        consumer_rows(*rest, "bn_gelu_relu", GROUP_M, WHICH, TMA_STORE)
     else:
-        consumer_rows(*rest, "relu", GROUP_M, WHICH)
-
-
-@gluon.jit
-def top_consumer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
-                 M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps,
-                 IS_BN: gl.constexpr, GROUP_M: gl.constexpr):
-    consumer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M,
-             N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps, IS_BN, GROUP_M,
-             0)
-
-
-@gluon.jit
-def bottom_consumer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr,
-                    beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles,
-                    k_steps, IS_BN: gl.constexpr, GROUP_M: gl.constexpr):
-    consumer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M,
-             N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps, IS_BN, GROUP_M,
-             1)
+        consumer_rows(*rest, "relu", GROUP_M, WHICH, TMA_STORE)
 
 
 @gluon.jit(**fused_linear.JIT_LIKE_AOT)
@@ -121,7 +153,7 @@ def fused_linear_coop_kernel(
     num_sms,
     EPILOGUE: gl.constexpr, DOT: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr,
-    STAGES: gl.constexpr,
+    STAGES: gl.constexpr, TMA_STORE: gl.constexpr = False,
 ):
     dtype: gl.constexpr = x_ptr.dtype.element_ty
     gl.static_assert((DOT == "native" and dtype != gl.float32) or (DOT == "tf32" and dtype == gl.float32),
@@ -143,10 +175,27 @@ def fused_linear_coop_kernel(
         mbarrier.init(empty.index(i), count=2)  # one per consumer
     fence_async_shared()
 
+    # TMA_STORE: one [BLOCK_M / 2, BLOCK_N / 4] store buffer per consumer (else placeholders: the consumers store from
+    # their registers)
+    y_desc = 0
+    y_bufs = 0
+    if TMA_STORE:
+        y_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M // 2, BLOCK_N // 4], dtype)
+        y_desc = tma.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[stride_ym, 1],
+                                            block_shape=[BLOCK_M // 2, BLOCK_N // 4], layout=y_layout)
+        y_bufs = gl.allocate_shared_memory(dtype, [2, BLOCK_M // 2, BLOCK_N // 4], y_layout)
+    top_choices = choices_buffer(GROUP_M, EPILOGUE == "bn_gelu_relu", TMA_STORE, 0)
+    bottom_choices = choices_buffer(GROUP_M, EPILOGUE == "bn_gelu_relu", TMA_STORE, 1)
+
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     first_tile = gl.program_id(0)
-    args = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
-            M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms,
-            gl.cdiv(num_tiles - first_tile, num_sms), gl.cdiv(K, BLOCK_K), EPILOGUE == "bn_gelu_relu", GROUP_M)
-    gl.warp_specialize([(loader, args), (top_consumer, args), (bottom_consumer, args)], [4, 4],
-                       [CONSUMER_REGS, CONSUMER_REGS])
+    my_tiles = gl.cdiv(num_tiles - first_tile, num_sms)
+    k_steps = gl.cdiv(K, BLOCK_K)
+    # one argument list; the two consumers' differ only in their choices (which half of the tile)
+    top = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, top_choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr, var_ptr,
+           gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles,
+           k_steps)
+    bottom = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, bottom_choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr,
+              var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms,
+              my_tiles, k_steps)
+    gl.warp_specialize([(loader, top), (consumer, top), (consumer, bottom)], [4, 4], [CONSUMER_REGS, CONSUMER_REGS])

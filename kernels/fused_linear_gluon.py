@@ -27,23 +27,33 @@ IN_FLIGHT = gl.constexpr(1)
 
 
 @gluon.jit
-def epilogue_store(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
-                   has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr, REORDERED_ROWS: gl.constexpr):
-    """fused_linear's epilogue arithmetic on one column slice of the accumulator, stored straight from the registers
-    at (off_m, off_n); REORDERED_ROWS: its rows come in conflict_free_rows' order (tile_rows maps them back). The
-    per-column vectors are loaded and folded one column per thread, then spread to the accumulator's layout (whose
-    threads each hold a slice's worth of columns): a vector load per accumulator column would be 8x the loads, and
-    the compiler would hoist them all above the first slice's arithmetic (spills)."""
-    ROWS: gl.constexpr = acc.shape[0]
+def epilogue_values(acc, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps,
+                    EPILOGUE: gl.constexpr, OUT_DTYPE: gl.constexpr):
+    """fused_linear's epilogue arithmetic on one column slice of the accumulator (columns off_n onwards), for a
+    result stored as OUT_DTYPE. The per-column vectors are loaded and folded one column per thread, then spread to
+    the accumulator's layout (whose threads each hold a slice's worth of columns): a vector load per accumulator
+    column would be 8x the loads, and the compiler would hoist them all above the first slice's arithmetic (spills)."""
     COLS: gl.constexpr = acc.shape[1]
     columns: gl.constexpr = gl.SliceLayout(0, acc.type.layout)
-    row_layout: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
     one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
     scale, shift = fused_linear.epilogue_vectors(off_n + gl.arange(0, COLS, layout=one_per_thread), N, bias_ptr,
                                                  mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta,
                                                  eps, EPILOGUE)
-    out = fused_linear.apply_epilogue(acc, gl.convert_layout(scale, columns), gl.convert_layout(shift, columns),
-                                      EPILOGUE, y_ptr.dtype.element_ty)
+    return fused_linear.apply_epilogue(acc, gl.convert_layout(scale, columns), gl.convert_layout(shift, columns),
+                                       EPILOGUE, OUT_DTYPE)
+
+
+@gluon.jit
+def epilogue_store(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
+                   has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr, REORDERED_ROWS: gl.constexpr):
+    """epilogue_values on one column slice of the accumulator, stored straight from the registers at (off_m, off_n);
+    REORDERED_ROWS: its rows come in conflict_free_rows' order (tile_rows maps them back)."""
+    ROWS: gl.constexpr = acc.shape[0]
+    COLS: gl.constexpr = acc.shape[1]
+    columns: gl.constexpr = gl.SliceLayout(0, acc.type.layout)
+    row_layout: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
+    out = epilogue_values(acc, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma,
+                          has_beta, eps, EPILOGUE, y_ptr.dtype.element_ty)
     if REORDERED_ROWS:
         y_rows = tile_rows(off_m, ROWS, row_layout)
     else:
