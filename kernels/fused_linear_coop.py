@@ -23,7 +23,7 @@ the partitions read the kernel's compile-time choices from the shape of `choices
 (choices_buffer), as they read the tile sizes from the buffers' shapes.
 """
 from kernels import fused_linear
-from kernels.fused_linear_gluon import epilogue_store_by_quarters, epilogue_values, tile_origin
+from kernels.fused_linear_gluon import epilogue_store_by_quarters, tile_origin
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
@@ -64,20 +64,6 @@ def loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, choices, y_desc, y_bufs
 
 
 @gluon.jit
-def store_quarter_by_tma(acc, y_desc, y_buf, off_m, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
-                         has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr):
-    """The epilogue on one column quarter of a consumer's rows, stored at (off_m, off_n) through y_buf and a TMA
-    store (the TMA unit clips rows and columns past the output's edge). The buffer is refilled once the previous
-    store has read it."""
-    out = epilogue_values(acc, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma,
-                          has_beta, eps, EPILOGUE, y_desc.dtype)
-    tma.store_wait(0)
-    y_buf.store(out.to(y_desc.dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(y_desc, [off_m, off_n], y_buf)
-
-
-@gluon.jit
 def consumer_rows(x_bufs, w_bufs, ready, empty, y_desc, y_buf, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr,
                   beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps,
                   EPILOGUE: gl.constexpr, GROUP_M: gl.constexpr, WHICH: gl.constexpr, TMA_STORE: gl.constexpr):
@@ -106,19 +92,9 @@ def consumer_rows(x_bufs, w_bufs, ready, empty, y_desc, y_buf, y_ptr, bias_ptr, 
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
         mbarrier.arrive(empty.index((first_step + k_steps - 1) % STAGES), count=1)
         off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        if TMA_STORE:
-            QUARTER: gl.constexpr = BLOCK_N // 4
-            vectors = (N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
-            q0, q1, q2, q3 = fused_linear.split_quarters(acc, HALF, BLOCK_N)
-            first_row = off_m + WHICH * HALF
-            store_quarter_by_tma(q0, y_desc, y_buf, first_row, off_n, *vectors, EPILOGUE)
-            store_quarter_by_tma(q1, y_desc, y_buf, first_row, off_n + QUARTER, *vectors, EPILOGUE)
-            store_quarter_by_tma(q2, y_desc, y_buf, first_row, off_n + 2 * QUARTER, *vectors, EPILOGUE)
-            store_quarter_by_tma(q3, y_desc, y_buf, first_row, off_n + 3 * QUARTER, *vectors, EPILOGUE)
-        else:
-            epilogue_store_by_quarters(acc, y_ptr, stride_ym, off_m + WHICH * HALF, off_n, M, N, bias_ptr, mean_ptr,
-                                       var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE,
-                                       False)
+        epilogue_store_by_quarters(acc, y_ptr, y_desc, y_buf, stride_ym, off_m + WHICH * HALF, off_n, M, N, bias_ptr,
+                                   mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE,
+                                   False, TMA_STORE)
     if TMA_STORE:
         tma.store_wait(0)  # the last store has read the buffer before the program ends
 
@@ -192,9 +168,9 @@ def fused_linear_coop_kernel(
     my_tiles = gl.cdiv(num_tiles - first_tile, num_sms)
     k_steps = gl.cdiv(K, BLOCK_K)
     # one argument list; the two consumers' differ only in their choices (which half of the tile)
-    top = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, top_choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr, var_ptr,
-           gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles,
-           k_steps)
+    top = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, top_choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr,
+           var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms,
+           my_tiles, k_steps)
     bottom = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, bottom_choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr,
               var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms,
               my_tiles, k_steps)

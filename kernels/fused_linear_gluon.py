@@ -27,57 +27,59 @@ IN_FLIGHT = gl.constexpr(1)
 
 
 @gluon.jit
-def epilogue_values(acc, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps,
-                    EPILOGUE: gl.constexpr, OUT_DTYPE: gl.constexpr):
-    """fused_linear's epilogue arithmetic on one column slice of the accumulator (columns off_n onwards), for a
-    result stored as OUT_DTYPE. The per-column vectors are loaded and folded one column per thread, then spread to
-    the accumulator's layout (whose threads each hold a slice's worth of columns): a vector load per accumulator
-    column would be 8x the loads, and the compiler would hoist them all above the first slice's arithmetic (spills)."""
-    COLS: gl.constexpr = acc.shape[1]
-    columns: gl.constexpr = gl.SliceLayout(0, acc.type.layout)
-    one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
-    scale, shift = fused_linear.epilogue_vectors(off_n + gl.arange(0, COLS, layout=one_per_thread), N, bias_ptr,
-                                                 mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta,
-                                                 eps, EPILOGUE)
-    return fused_linear.apply_epilogue(acc, gl.convert_layout(scale, columns), gl.convert_layout(shift, columns),
-                                       EPILOGUE, OUT_DTYPE)
-
-
-@gluon.jit
-def epilogue_store(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
-                   has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr, REORDERED_ROWS: gl.constexpr):
-    """epilogue_values on one column slice of the accumulator, stored straight from the registers at (off_m, off_n);
-    REORDERED_ROWS: its rows come in conflict_free_rows' order (tile_rows maps them back)."""
+def epilogue_store(acc, y_ptr, y_desc, y_buf, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr,
+                   beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr, REORDERED_ROWS: gl.constexpr,
+                   TMA_STORE: gl.constexpr):
+    """fused_linear's epilogue arithmetic on one column slice of the accumulator, stored at (off_m, off_n): straight
+    from the registers (REORDERED_ROWS: its rows come in conflict_free_rows' order, and tile_rows maps them back), or
+    (TMA_STORE) through y_buf, a shared-memory buffer of the slice's shape, and a TMA store of y_desc (the TMA unit
+    clips rows and columns past the output's edge; the buffer is refilled once the previous store has read it);
+    without TMA_STORE, y_desc and y_buf are unused placeholders. The per-column vectors are loaded and folded one
+    column per thread, then spread to the accumulator's layout (whose threads each hold a slice's worth of columns): a
+    vector load per accumulator column would be 8x the loads, and the compiler would hoist them all above the first
+    slice's arithmetic (spills)."""
     ROWS: gl.constexpr = acc.shape[0]
     COLS: gl.constexpr = acc.shape[1]
     columns: gl.constexpr = gl.SliceLayout(0, acc.type.layout)
     row_layout: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
-    out = epilogue_values(acc, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma,
-                          has_beta, eps, EPILOGUE, y_ptr.dtype.element_ty)
-    if REORDERED_ROWS:
-        y_rows = tile_rows(off_m, ROWS, row_layout)
+    one_per_thread: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    scale, shift = fused_linear.epilogue_vectors(off_n + gl.arange(0, COLS, layout=one_per_thread), N, bias_ptr,
+                                                 mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta,
+                                                 eps, EPILOGUE)
+    out = fused_linear.apply_epilogue(acc, gl.convert_layout(scale, columns), gl.convert_layout(shift, columns),
+                                      EPILOGUE, y_ptr.dtype.element_ty)
+    if TMA_STORE:
+        gl.static_assert(not REORDERED_ROWS, "a TMA store writes the slice's rows in order")
+        tma.store_wait(0)
+        y_buf.store(out.to(y_ptr.dtype.element_ty))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(y_desc, [off_m, off_n], y_buf)
     else:
-        y_rows = off_m + gl.arange(0, ROWS, layout=row_layout)
-    rows = gl.expand_dims(y_rows.to(gl.int64), 1)
-    cols = gl.expand_dims(off_n + gl.arange(0, COLS, layout=columns), 0)
-    gl.store(y_ptr + rows * stride_ym + cols, out.to(y_ptr.dtype.element_ty), mask=(rows < M) & (cols < N))
+        if REORDERED_ROWS:
+            y_rows = tile_rows(off_m, ROWS, row_layout)
+        else:
+            y_rows = off_m + gl.arange(0, ROWS, layout=row_layout)
+        rows = gl.expand_dims(y_rows.to(gl.int64), 1)
+        cols = gl.expand_dims(off_n + gl.arange(0, COLS, layout=columns), 0)
+        gl.store(y_ptr + rows * stride_ym + cols, out.to(y_ptr.dtype.element_ty), mask=(rows < M) & (cols < N))
 
 
 @gluon.jit
-def epilogue_store_by_quarters(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr,
-                               beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr,
-                               REORDERED_ROWS: gl.constexpr):
+def epilogue_store_by_quarters(acc, y_ptr, y_desc, y_buf, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr,
+                               gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr,
+                               REORDERED_ROWS: gl.constexpr, TMA_STORE: gl.constexpr):
     """epilogue_store on an accumulator from wgmma, by quarters of its columns: a whole row of per-column vectors (5
     loaded, 2 folded) beside a 128-register accumulator spills (1.5 GB of local-memory traffic at problem 41, v25)."""
     ROWS: gl.constexpr = acc.shape[0]
     COLS: gl.constexpr = acc.shape[1]
     QUARTER: gl.constexpr = COLS // 4
+    target = (y_ptr, y_desc, y_buf, stride_ym)
     vectors = (M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
     q0, q1, q2, q3 = fused_linear.split_quarters(acc, ROWS, COLS)
-    epilogue_store(q0, y_ptr, stride_ym, off_m, off_n, *vectors, EPILOGUE, REORDERED_ROWS)
-    epilogue_store(q1, y_ptr, stride_ym, off_m, off_n + QUARTER, *vectors, EPILOGUE, REORDERED_ROWS)
-    epilogue_store(q2, y_ptr, stride_ym, off_m, off_n + 2 * QUARTER, *vectors, EPILOGUE, REORDERED_ROWS)
-    epilogue_store(q3, y_ptr, stride_ym, off_m, off_n + 3 * QUARTER, *vectors, EPILOGUE, REORDERED_ROWS)
+    epilogue_store(q0, *target, off_m, off_n, *vectors, EPILOGUE, REORDERED_ROWS, TMA_STORE)
+    epilogue_store(q1, *target, off_m, off_n + QUARTER, *vectors, EPILOGUE, REORDERED_ROWS, TMA_STORE)
+    epilogue_store(q2, *target, off_m, off_n + 2 * QUARTER, *vectors, EPILOGUE, REORDERED_ROWS, TMA_STORE)
+    epilogue_store(q3, *target, off_m, off_n + 3 * QUARTER, *vectors, EPILOGUE, REORDERED_ROWS, TMA_STORE)
 
 
 @gluon.jit
@@ -205,8 +207,8 @@ def fused_linear_wgmma_kernel(
             step += SETS
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
         off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        epilogue_store_by_quarters(acc, y_ptr, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr,
-                                   beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE, True)
+        epilogue_store_by_quarters(acc, y_ptr, 0, 0, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr,
+                                   gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE, True, False)
 
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(i))
