@@ -28,12 +28,10 @@ KERNELS = {
               "stages_constexpr": True, "knobs": {}, "requires": {"WEIGHT_FP16": 1}, "cublas_gemm": False},
     # fp16/bf16/TF32 with a loader warpgroup and two consumer warpgroups sharing each tile (warp-specialised, Hopper
     # wgmma); maxnreg spreads the registers over its three warpgroups (see the kernel). TMA_STORE: the epilogue
-    # stores through shared memory and TMA instead of from the registers. EPILOGUE_WARPGROUP (fp16 / bf16): two more
-    # warps run the epilogue while the consumers start the next tile
+    # stores through shared memory and TMA instead of from the registers
     "coop": {"source": "kernels/fused_linear_coop.py", "function": "fused_linear_coop_kernel", "layouts": ("aligned",),
              "min_arch": 90, "max_arch": 90, "dots": ("native", "tf32"), "persistent": True, "stages_constexpr": True,
-             "knobs": {"TMA_STORE": 0, "EPILOGUE_WARPGROUP": 0}, "requires": {}, "cublas_gemm": False,
-             "options": {"maxnreg": 168}},
+             "knobs": {"TMA_STORE": 0}, "requires": {}, "cublas_gemm": False, "options": {"maxnreg": 168}},
     # fp32 'ieee': cuBLAS's SGEMM (exact fp32 products, ~2x Triton's FMA main loop), then the epilogue in place. Only
     # where torch keeps cuBLAS on fp32 (allow_tf32 off); otherwise the launcher takes the generic rule's kernel.
     "cublas": {"source": "kernels/fused_linear.py", "function": "fused_epilogue_kernel", "layouts": ("aligned",),

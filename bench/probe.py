@@ -242,36 +242,6 @@ GROUPS = {
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
         ("tma 128x256x32 s3 2 slices", tma(128, 256, 32, 8, 3, slices=2)),
     ]),
-    # the epilogue on two more warps, under the consumers' next main loop (EPILOGUE_WARPGROUP; session 12)
-    "k1024_bn_half_epi": ("linear_bn_gelu_relu", 4096, 4096, 1024, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("coop 128x256x64 s4 TMA store", coop(128, 256, 64, 4, TMA_STORE=1)),
-        ("coop 128x256x64 s3 epilogue warps", coop(128, 256, 64, 3, EPILOGUE_WARPGROUP=1)),
-    ]),
-    "k1024_relu_half_epi": ("linear_relu", 4096, 4096, 1024, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("coop 128x256x64 s3 epilogue warps", coop(128, 256, 64, 3, EPILOGUE_WARPGROUP=1)),
-    ]),
-    "k1024_bn_bf16_epi": ("linear_bn_gelu_relu", 4096, 4096, 1024, torch.bfloat16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("coop 128x256x64 s3 epilogue warps", coop(128, 256, 64, 3, EPILOGUE_WARPGROUP=1)),
-    ]),
-    "m1024_k1024_bn_half_epi": ("linear_bn_gelu_relu", 1024, 4096, 1024, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("coop 128x256x64 s3 epilogue warps", coop(128, 256, 64, 3, EPILOGUE_WARPGROUP=1)),
-    ]),
-    "m16384_k1024_bn_half_epi": ("linear_bn_gelu_relu", 16384, 4096, 1024, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("coop 128x256x64 s3 epilogue warps", coop(128, 256, 64, 3, EPILOGUE_WARPGROUP=1)),
-    ]),
-    "p41_half_epi": ("linear_bn_gelu_relu", *P41, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("coop 128x256x64 s3 epilogue warps", coop(128, 256, 64, 3, EPILOGUE_WARPGROUP=1)),
-    ]),
-    "p76_half_epi": ("linear_relu", *P76, torch.float16, "native", [
-        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
-        ("coop 128x256x64 s3 epilogue warps", coop(128, 256, 64, 3, EPILOGUE_WARPGROUP=1)),
-    ]),
 }
 REFERENCES = {  # group -> what the issue compares against, timed the same two ways
     "p41_half": "mm", "p41_aot_vs_jit": "mm", "p41_bf16": "mm", "p41_relu_half": "mm", "p41_fp32_fp16": "mm16",
@@ -284,8 +254,6 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p76_tf32_coop": "lt_relu", "p41_tf32_coop": "mm", "p41_half_coop": "mm", "p76_half_coop": "mm",
     "k1024_bn_half_coop": "mm",
     "p41_tf32_coop_store": "mm", "k1024_bn_half_coop_store": "mm",
-    "k1024_bn_half_epi": "mm", "k1024_relu_half_epi": "mm", "k1024_bn_bf16_epi": "mm", "m1024_k1024_bn_half_epi": "mm",
-    "m16384_k1024_bn_half_epi": "mm", "p41_half_epi": "mm", "p76_half_epi": "mm",
 }
 
 

@@ -23,7 +23,7 @@ the partitions read the kernel's compile-time choices from the shape of `choices
 (choices_buffer), as they read the tile sizes from the buffers' shapes.
 """
 from kernels import fused_linear
-from kernels.fused_linear_gluon import cta_barrier, epilogue_store_by_quarters, tile_origin
+from kernels.fused_linear_gluon import epilogue_store_by_quarters, tile_origin
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
@@ -32,31 +32,21 @@ from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma_wait
 # Registers per thread: compiled with maxnreg 168 (aot/spec.py: KERNELS' "options") for its three warpgroups
 # (168 x 384 threads <= 64K); each consumer takes CONSUMER_REGS and the loader is left 3 x 168 - 2 x CONSUMER_REGS = 40.
 CONSUMER_REGS = gl.constexpr(232)
-# EPILOGUE_WARPGROUP: the consumers (one of them the default partition), two epilogue warps and a one-warp loader in
-# the third warpgroup, every warp at 168. ptxas compiles every partition within the kernel's maxnreg (setmaxnreg moves
-# registers at run time only) and a consumer's 64x256 wgmma needs 154, so a fourth warpgroup (128 a thread) does not
-# compile.
-EPILOGUE_WARPS = gl.constexpr(2)
-# Staging buffers of an eighth of a tile's columns (16 KB each for 128x256): the first four pieces of a tile go in
-# without waiting for the epilogue warps, who hold one piece (64 values a thread) at a time.
-STAGING_BUFFERS = gl.constexpr(4)
 
 
 @gluon.jit
-def choices_buffer(GROUP_M: gl.constexpr, IS_BN: gl.constexpr, TMA_STORE: gl.constexpr, WHICH: gl.constexpr,
-                   EPILOGUE_WARPGROUP: gl.constexpr):
-    """A [GROUP_M, 1 + IS_BN, 1 + TMA_STORE, 1 + WHICH, 1 + EPILOGUE_WARPGROUP] int8 buffer whose shape carries these
-    constexprs into a partition (read back as choices.type.shape[i]; a jit function's return value would be a tensor
-    again). WHICH: the consumer's half of the tile (the loader and the epilogue warpgroup get either)."""
-    layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[4, 3, 2, 1, 0])
-    return gl.allocate_shared_memory(gl.int8, [GROUP_M, 1 + IS_BN, 1 + TMA_STORE, 1 + WHICH, 1 + EPILOGUE_WARPGROUP],
-                                     layout)
+def choices_buffer(GROUP_M: gl.constexpr, IS_BN: gl.constexpr, TMA_STORE: gl.constexpr, WHICH: gl.constexpr):
+    """A [GROUP_M, 1 + IS_BN, 1 + TMA_STORE, 1 + WHICH] int8 buffer whose shape carries these constexprs into a
+    partition (read back as choices.type.shape[i]; a jit function's return value would be a tensor again). WHICH:
+    the consumer's half of the tile (the loader gets either)."""
+    layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[3, 2, 1, 0])
+    return gl.allocate_shared_memory(gl.int8, [GROUP_M, 1 + IS_BN, 1 + TMA_STORE, 1 + WHICH], layout)
 
 
 @gluon.jit
 def loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr, var_ptr,
            gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles,
-           k_steps, staging, staged, freed):
+           k_steps):
     GROUP_M: gl.constexpr = choices.type.shape[0]
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
@@ -76,11 +66,9 @@ def loader(x_desc, w_desc, x_bufs, w_bufs, ready, empty, choices, y_desc, y_bufs
 @gluon.jit
 def consumer_rows(x_bufs, w_bufs, ready, empty, y_desc, y_buf, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr,
                   beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps,
-                  staging, staged, freed, EPILOGUE: gl.constexpr, GROUP_M: gl.constexpr, WHICH: gl.constexpr,
-                  TMA_STORE: gl.constexpr, EPILOGUE_WARPGROUP: gl.constexpr):
-    """Consumer WHICH: rows WHICH * BLOCK_M / 2 onwards of each of the program's tiles. EPILOGUE_WARPGROUP: it hands
-    the accumulator over to the epilogue warpgroup (hand_over); else TMA_STORE: the epilogue stores through y_buf,
-    this consumer's buffer of one column quarter, and TMA; otherwise from the registers."""
+                  EPILOGUE: gl.constexpr, GROUP_M: gl.constexpr, WHICH: gl.constexpr, TMA_STORE: gl.constexpr):
+    """Consumer WHICH: rows WHICH * BLOCK_M / 2 onwards of each of the program's tiles. TMA_STORE: the epilogue
+    stores through y_buf, this consumer's buffer of one column quarter, and TMA; otherwise from the registers."""
     STAGES: gl.constexpr = x_bufs.type.shape[0]
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
     BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
@@ -103,13 +91,10 @@ def consumer_rows(x_bufs, w_bufs, ready, empty, y_desc, y_buf, y_ptr, bias_ptr, 
             mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1, pred=kk > 0)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
         mbarrier.arrive(empty.index((first_step + k_steps - 1) % STAGES), count=1)
-        if EPILOGUE_WARPGROUP:
-            hand_over(acc, staging, staged, freed, t, WHICH)
-        else:
-            off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-            epilogue_store_by_quarters(acc, y_ptr, y_desc, y_buf, stride_ym, off_m + WHICH * HALF, off_n, M, N,
-                                       bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta,
-                                       eps, EPILOGUE, False, TMA_STORE)
+        off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        epilogue_store_by_quarters(acc, y_ptr, y_desc, y_buf, stride_ym, off_m + WHICH * HALF, off_n, M, N, bias_ptr,
+                                   mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE,
+                                   False, TMA_STORE)
     if TMA_STORE:
         tma.store_wait(0)  # the last store has read the buffer before the program ends
 
@@ -117,106 +102,20 @@ def consumer_rows(x_bufs, w_bufs, ready, empty, y_desc, y_buf, y_ptr, bias_ptr, 
 @gluon.jit
 def consumer(x_desc, w_desc, x_bufs, w_bufs, ready, empty, choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr, var_ptr,
              gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles,
-             k_steps, staging, staged, freed):
+             k_steps):
     GROUP_M: gl.constexpr = choices.type.shape[0]
     IS_BN: gl.constexpr = choices.type.shape[1] == 2
     TMA_STORE: gl.constexpr = choices.type.shape[2] == 2
     WHICH: gl.constexpr = choices.type.shape[3] - 1
-    EPILOGUE_WARPGROUP: gl.constexpr = choices.type.shape[4] == 2
     y_buf = y_bufs  # (a placeholder without TMA_STORE)
     if TMA_STORE:
         y_buf = y_bufs.index(WHICH)
     rest = (x_bufs, w_bufs, ready, empty, y_desc, y_buf, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M, N,
-            stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps, staging, staged,
-            freed)
+            stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps)
     if IS_BN:
-        consumer_rows(*rest, "bn_gelu_relu", GROUP_M, WHICH, TMA_STORE, EPILOGUE_WARPGROUP)
+        consumer_rows(*rest, "bn_gelu_relu", GROUP_M, WHICH, TMA_STORE)
     else:
-        consumer_rows(*rest, "relu", GROUP_M, WHICH, TMA_STORE, EPILOGUE_WARPGROUP)
-
-
-@gluon.jit
-def hand_over(acc, staging, staged, freed, t, WHICH: gl.constexpr):
-    """Hand this consumer's rows of the program's tile t (fp32, as wgmma left them) over to the epilogue warps, by
-    eighths of its columns (the staging buffers' width): each into staging buffer i % BUFFERS (i: the eighth's
-    number in the program) once the epilogue warps have read what was there, said on its `staged` barrier."""
-    HALF: gl.constexpr = acc.shape[0]
-    BLOCK_N: gl.constexpr = acc.shape[1]
-    gl.static_assert(staging.type.shape[2] * 8 == BLOCK_N, "the staging buffers hold an eighth of the tile's columns")
-    q0, q1, q2, q3 = fused_linear.split_quarters(acc, HALF, BLOCK_N)
-    e0, e1 = fused_linear.split_columns(q0, HALF, BLOCK_N // 4)
-    e2, e3 = fused_linear.split_columns(q1, HALF, BLOCK_N // 4)
-    e4, e5 = fused_linear.split_columns(q2, HALF, BLOCK_N // 4)
-    e6, e7 = fused_linear.split_columns(q3, HALF, BLOCK_N // 4)
-    stage_piece(e0, staging, staged, freed, 8 * t, WHICH)
-    stage_piece(e1, staging, staged, freed, 8 * t + 1, WHICH)
-    stage_piece(e2, staging, staged, freed, 8 * t + 2, WHICH)
-    stage_piece(e3, staging, staged, freed, 8 * t + 3, WHICH)
-    stage_piece(e4, staging, staged, freed, 8 * t + 4, WHICH)
-    stage_piece(e5, staging, staged, freed, 8 * t + 5, WHICH)
-    stage_piece(e6, staging, staged, freed, 8 * t + 6, WHICH)
-    stage_piece(e7, staging, staged, freed, 8 * t + 7, WHICH)
-
-
-@gluon.jit
-def stage_piece(piece, staging, staged, freed, index, WHICH: gl.constexpr):
-    HALF: gl.constexpr = piece.shape[0]
-    BUFFERS: gl.constexpr = staging.type.shape[0]
-    buffer = index % BUFFERS
-    mbarrier.wait(freed.index(buffer), ((index // BUFFERS) & 1) ^ 1)  # (a fresh barrier: its "phase -1" is done)
-    staging.index(buffer).slice(WHICH * HALF, HALF, dim=0).store(piece)
-    cta_barrier()  # every warp's stores are in before the one arrival (bar.sync of this partition's warps)
-    mbarrier.arrive(staged.index(buffer), count=1)
-
-
-@gluon.jit
-def epilogue_warps(x_desc, w_desc, x_bufs, w_bufs, ready, empty, choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr,
-                   var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile,
-                   num_sms, my_tiles, k_steps, staging, staged, freed):
-    """The epilogue of every tile, an eighth of its columns at a time, while the consumers run the next tile's main
-    loop: take the piece out of its staging buffer (handing that back at once), apply EPILOGUE in fp32, store the
-    result through one of y_bufs and TMA."""
-    GROUP_M: gl.constexpr = choices.type.shape[0]
-    IS_BN: gl.constexpr = choices.type.shape[1] == 2
-    BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
-    BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
-    rest = (staging, staged, freed, y_desc, y_bufs, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M, N, has_bias,
-            has_gamma, has_beta, eps, first_tile, num_sms, my_tiles)
-    if IS_BN:
-        epilogue_pieces(*rest, "bn_gelu_relu", BLOCK_M, BLOCK_N, GROUP_M)
-    else:
-        epilogue_pieces(*rest, "relu", BLOCK_M, BLOCK_N, GROUP_M)
-
-
-@gluon.jit
-def epilogue_pieces(staging, staged, freed, y_desc, y_bufs, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M, N,
-                    has_bias, has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, EPILOGUE: gl.constexpr,
-                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
-    BUFFERS: gl.constexpr = staging.type.shape[0]
-    PIECE: gl.constexpr = staging.type.shape[2]
-    # 16-byte shared loads; a warp reads 128 / PIECE rows at a time
-    layout: gl.constexpr = gl.BlockedLayout([1, 4], [32 * 4 // PIECE, PIECE // 4], [gl.num_warps(), 1], [1, 0])
-    columns: gl.constexpr = gl.SliceLayout(0, layout)
-    out_dtype: gl.constexpr = y_bufs.dtype
-    for t in range(my_tiles):
-        off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        for e in range(8):
-            index = 8 * t + e
-            buffer = index % BUFFERS
-            mbarrier.wait(staged.index(buffer), (index // BUFFERS) & 1)
-            acc = staging.index(buffer).load(layout)
-            cta_barrier()  # every warp has its values before the buffer is handed back
-            mbarrier.arrive(freed.index(buffer), count=1)
-            scale, shift = fused_linear.epilogue_vectors(off_n + e * PIECE + gl.arange(0, PIECE, layout=columns), N,
-                                                         bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias,
-                                                         has_gamma, has_beta, eps, EPILOGUE)
-            out = fused_linear.apply_epilogue(acc, scale, shift, EPILOGUE, out_dtype)
-            y_buf = y_bufs.index(index % 2)
-            tma.store_wait(1)  # the store before last has read this y_buf
-            y_buf.store(out.to(out_dtype))
-            fence_async_shared()
-            tma.async_copy_shared_to_global(y_desc, [off_m, off_n + e * PIECE], y_buf)
-    tma.store_wait(0)
+        consumer_rows(*rest, "relu", GROUP_M, WHICH, TMA_STORE)
 
 
 @gluon.jit(**fused_linear.JIT_LIKE_AOT)
@@ -230,7 +129,7 @@ def fused_linear_coop_kernel(
     num_sms,
     EPILOGUE: gl.constexpr, DOT: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr,
-    STAGES: gl.constexpr, TMA_STORE: gl.constexpr = False, EPILOGUE_WARPGROUP: gl.constexpr = False,
+    STAGES: gl.constexpr, TMA_STORE: gl.constexpr = False,
 ):
     dtype: gl.constexpr = x_ptr.dtype.element_ty
     gl.static_assert((DOT == "native" and dtype != gl.float32) or (DOT == "tf32" and dtype == gl.float32),
@@ -261,31 +160,8 @@ def fused_linear_coop_kernel(
         y_desc = tma.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[stride_ym, 1],
                                             block_shape=[BLOCK_M // 2, BLOCK_N // 4], layout=y_layout)
         y_bufs = gl.allocate_shared_memory(dtype, [2, BLOCK_M // 2, BLOCK_N // 4], y_layout)
-    # EPILOGUE_WARPGROUP: STAGING_BUFFERS fp32 buffers of a [BLOCK_M, BLOCK_N / 8] column piece, through which the
-    # consumers hand each tile over (`staged`: both consumers' rows are in; `freed`: the epilogue warps have read it),
-    # and two output buffers of that shape for their TMA stores (else placeholders)
-    staging = 0
-    staged = 0
-    freed = 0
-    if EPILOGUE_WARPGROUP:
-        gl.static_assert(not TMA_STORE, "the epilogue warps store through TMA themselves")
-        gl.static_assert(dtype != gl.float32, "fp32 output buffers do not fit beside the staging buffers")
-        piece_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N // 8], dtype)
-        y_desc = tma.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[stride_ym, 1],
-                                            block_shape=[BLOCK_M, BLOCK_N // 8], layout=piece_layout)
-        y_bufs = gl.allocate_shared_memory(dtype, [2, BLOCK_M, BLOCK_N // 8], piece_layout)
-        # 16-byte chunks XOR-swizzled by row: both the wgmma layout's writes (8 rows x 32 bytes a warp) and the
-        # epilogue's 16-byte reads take the fewest wavefronts
-        staging_layout: gl.constexpr = gl.SwizzledSharedLayout(4, 1, 8, order=[1, 0])
-        staging = gl.allocate_shared_memory(gl.float32, [STAGING_BUFFERS, BLOCK_M, BLOCK_N // 8], staging_layout)
-        staged = gl.allocate_shared_memory(gl.int64, [STAGING_BUFFERS, 1], mbarrier.MBarrierLayout())
-        freed = gl.allocate_shared_memory(gl.int64, [STAGING_BUFFERS, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGING_BUFFERS):
-            mbarrier.init(staged.index(i), count=2)  # one per consumer
-            mbarrier.init(freed.index(i), count=1)
-        fence_async_shared()
-    top_choices = choices_buffer(GROUP_M, EPILOGUE == "bn_gelu_relu", TMA_STORE, 0, EPILOGUE_WARPGROUP)
-    bottom_choices = choices_buffer(GROUP_M, EPILOGUE == "bn_gelu_relu", TMA_STORE, 1, EPILOGUE_WARPGROUP)
+    top_choices = choices_buffer(GROUP_M, EPILOGUE == "bn_gelu_relu", TMA_STORE, 0)
+    bottom_choices = choices_buffer(GROUP_M, EPILOGUE == "bn_gelu_relu", TMA_STORE, 1)
 
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     first_tile = gl.program_id(0)
@@ -294,13 +170,8 @@ def fused_linear_coop_kernel(
     # one argument list; the two consumers' differ only in their choices (which half of the tile)
     top = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, top_choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr,
            var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms,
-           my_tiles, k_steps, staging, staged, freed)
+           my_tiles, k_steps)
     bottom = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, bottom_choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr,
               var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms,
-              my_tiles, k_steps, staging, staged, freed)
-    if EPILOGUE_WARPGROUP:
-        gl.warp_specialize([(consumer, top), (consumer, bottom), (epilogue_warps, top), (loader, top)],
-                           [4, EPILOGUE_WARPS, 1], [168, 168, 168])
-    else:
-        gl.warp_specialize([(loader, top), (consumer, top), (consumer, bottom)], [4, 4],
-                           [CONSUMER_REGS, CONSUMER_REGS])
+              my_tiles, k_steps)
+    gl.warp_specialize([(loader, top), (consumer, top), (consumer, bottom)], [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
