@@ -25,8 +25,7 @@ KERNELS = {
     # fp32 x on fp16 tensor cores with explicit wgmma waits (Hopper's wgmma only; the weight arrives in fp16)
     "wgmma": {"source": "kernels/fused_linear_gluon.py", "function": "fused_linear_wgmma_kernel",
               "layouts": ("aligned",), "min_arch": 90, "max_arch": 90, "dots": ("fp16",), "persistent": True,
-              "stages_constexpr": True, "knobs": {"X_FROM_GLOBAL": 0}, "requires": {"WEIGHT_FP16": 1},
-              "cublas_gemm": False},
+              "stages_constexpr": True, "knobs": {}, "requires": {"WEIGHT_FP16": 1}, "cublas_gemm": False},
     # fp16/bf16/TF32 with a loader warpgroup and two consumer warpgroups sharing each tile (warp-specialised, Hopper
     # wgmma); maxnreg spreads the registers over its three warpgroups (see the kernel). TMA_STORE: the epilogue
     # stores through shared memory and TMA instead of from the registers

@@ -242,22 +242,6 @@ GROUPS = {
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
         ("tma 128x256x32 s3 2 slices", tma(128, 256, 32, 8, 3, slices=2)),
     ]),
-    # x straight from global memory into the A registers by 16-byte loads (X_FROM_GLOBAL, W's columns permuted to
-    # match; session 12)
-    "p41_fp32_fp16_xg": ("linear_bn_gelu_relu", *P41, torch.float32, "fp16", [
-        ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
-        ("wgmma 128x256x64 w8 s4 x from global", wgmma(128, 256, 64, 8, 4, X_FROM_GLOBAL=1)),
-        ("wgmma 128x256x64 w8 s6 x from global", wgmma(128, 256, 64, 8, 6, X_FROM_GLOBAL=1)),
-    ]),
-    "p41_relu_fp32_fp16_xg": ("linear_relu", *P41, torch.float32, "fp16", [
-        ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
-        ("wgmma 128x256x64 w8 s4 x from global", wgmma(128, 256, 64, 8, 4, X_FROM_GLOBAL=1)),
-        ("wgmma 128x256x64 w8 s6 x from global", wgmma(128, 256, 64, 8, 6, X_FROM_GLOBAL=1)),
-    ]),
-    "k1024_fp32_fp16_xg": ("linear_bn_gelu_relu", 4096, 4096, 1024, torch.float32, "fp16", [
-        ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
-        ("wgmma 128x256x64 w8 s4 x from global", wgmma(128, 256, 64, 8, 4, X_FROM_GLOBAL=1)),
-    ]),
 }
 REFERENCES = {  # group -> what the issue compares against, timed the same two ways
     "p41_half": "mm", "p41_aot_vs_jit": "mm", "p41_bf16": "mm", "p41_relu_half": "mm", "p41_fp32_fp16": "mm16",
@@ -270,7 +254,6 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p76_tf32_coop": "lt_relu", "p41_tf32_coop": "mm", "p41_half_coop": "mm", "p76_half_coop": "mm",
     "k1024_bn_half_coop": "mm",
     "p41_tf32_coop_store": "mm", "k1024_bn_half_coop_store": "mm",
-    "p41_fp32_fp16_xg": "mm16", "p41_relu_fp32_fp16_xg": "mm16", "k1024_fp32_fp16_xg": "mm16",
 }
 
 

@@ -238,14 +238,8 @@ def jit_runner(op, dot, config, x, w, y, vectors):
     counters = torch.zeros(tiles if split_k > 1 else 1, device=x.device, dtype=torch.int32)
     unused = torch.empty(1, device=x.device, dtype=torch.float32)
 
-    x_from_global = bool(config.get("X_FROM_GLOBAL", 0))
-
     def run():
-        if x_from_global:  # as the launcher: fp16 W with each 16-block of its columns permuted (k_permuted_as_wgmma_a)
-            wk = torch.empty(N, K, device=w.device, dtype=torch.float16)
-            wk.view(N, K // 16, 2, 4, 2).copy_(w.view(N, K // 16, 4, 2, 2).permute(0, 1, 3, 2, 4))
-        else:
-            wk = w.to(torch.float16) if weight_fp16 else w
+        wk = w.to(torch.float16) if weight_fp16 else w
         if kernel["cublas_gemm"]:  # as the AOT launcher: cuBLAS writes x @ W^T, the kernel applies the epilogue
             if torch.backends.cuda.matmul.allow_tf32:
                 raise RuntimeError("a cuBLAS-GEMM config runs only with TF32 off (the op's 'ieee' contract)")

@@ -94,18 +94,14 @@ def tile_origin(tile_id, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GRO
 @gluon.jit
 def load_step(step, k, off_m, off_n, tile_id, total_steps, k_extent, num_sms, M, N, x_desc, w_desc, x_bufs, w_bufs,
               ready, STAGES: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
-              GROUP_M: gl.constexpr, X_FROM_GLOBAL: gl.constexpr = False):
+              GROUP_M: gl.constexpr):
     """TMA-load this program's k-step `step` (at k of the tile at off_m, off_n) into its ring slot (nothing past the
     last), and return the next k-step's position: the producer walks ahead of the consumer across tile boundaries,
-    carrying its tile origin so that the tile order is computed once per tile, not once per k-step. X_FROM_GLOBAL:
-    W's tile only (x goes straight to registers, load_x_step)."""
+    carrying its tile origin so that the tile order is computed once per tile, not once per k-step."""
     slot = step % STAGES
     live = step < total_steps
-    if X_FROM_GLOBAL:
-        mbarrier.expect(ready.index(slot), w_desc.block_type.nbytes, pred=live)
-    else:
-        mbarrier.expect(ready.index(slot), x_desc.block_type.nbytes + w_desc.block_type.nbytes, pred=live)
-        tma.async_copy_global_to_shared(x_desc, [off_m, k], ready.index(slot), x_bufs.index(slot), pred=live)
+    mbarrier.expect(ready.index(slot), x_desc.block_type.nbytes + w_desc.block_type.nbytes, pred=live)
+    tma.async_copy_global_to_shared(x_desc, [off_m, k], ready.index(slot), x_bufs.index(slot), pred=live)
     tma.async_copy_global_to_shared(w_desc, [off_n, k], ready.index(slot), w_bufs.index(slot), pred=live)
     k += BLOCK_K
     if k >= k_extent:
@@ -145,29 +141,6 @@ def mma_step(step, acc, x_bufs, w_bufs, ready, STAGES: gl.constexpr, a_layout: g
     return warpgroup_mma_wait(num_outstanding=IN_FLIGHT, deps=[acc])
 
 
-@gluon.jit
-def load_x_step(x_ptr, stride_xm, M, K, off_m, kk, layout: gl.constexpr, BLOCK_M: gl.constexpr,
-                BLOCK_K: gl.constexpr):
-    """x's fp32 tile at (off_m, kk * BLOCK_K) straight into registers (in `layout`), zero past M and K."""
-    rows = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
-    cols = kk * BLOCK_K + gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, layout))
-    ptrs = x_ptr + gl.expand_dims(rows.to(gl.int64) * stride_xm, 1) + gl.expand_dims(cols, 0)
-    mask = gl.expand_dims(rows < M, 1) & gl.expand_dims(cols < K, 0)
-    return gl.load(ptrs, mask=mask, other=0.0)
-
-
-@gluon.jit
-def k_permuted_as_wgmma_a(x_tile, a_layout: gl.constexpr):
-    """x_tile (columns in memory order) rounded to fp16 in wgmma's A layout, with the columns of every
-    16-block permuted: A column 8h + 2c + l holds memory column 4c + 2h + l. The launcher stores the fp16 weight with
-    the same permutation (WEIGHT_K_PERMUTED), so the products pair up as before; the permutation lets each thread load
-    its 4 A values of a block in one 16-byte load where the A layout's order would take two 8-byte ones."""
-    BLOCK_M: gl.constexpr = x_tile.shape[0]
-    BLOCK_K: gl.constexpr = x_tile.shape[1]
-    t = x_tile.reshape([BLOCK_M, BLOCK_K // 16, 4, 2, 2]).permute([0, 1, 3, 2, 4]).reshape([BLOCK_M, BLOCK_K])
-    return gl.convert_layout(t.to(gl.float16), a_layout)
-
-
 @gluon.jit(**fused_linear.JIT_LIKE_AOT)
 def fused_linear_wgmma_kernel(
     x_ptr, w_ptr, y_ptr,
@@ -179,7 +152,7 @@ def fused_linear_wgmma_kernel(
     num_sms,
     EPILOGUE: gl.constexpr, DOT: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr,
-    STAGES: gl.constexpr, X_FROM_GLOBAL: gl.constexpr = False,
+    STAGES: gl.constexpr,
 ):
     gl.static_assert(DOT == "fp16", "fused_linear_wgmma_kernel serves fp32 x on fp16 tensor cores only")
     gl.static_assert(IN_FLIGHT < STAGES, "each wgmma in flight holds a pipeline slot")
@@ -195,9 +168,7 @@ def fused_linear_wgmma_kernel(
                                         layout=x_smem_layout)
     w_desc = tma.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K],
                                         layout=w_smem_layout)
-    x_bufs = 0  # X_FROM_GLOBAL: x never enters shared memory
-    if not X_FROM_GLOBAL:
-        x_bufs = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M, BLOCK_K], x_smem_layout)
+    x_bufs = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M, BLOCK_K], x_smem_layout)
     w_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_N, BLOCK_K], w_smem_layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
@@ -218,86 +189,26 @@ def fused_linear_wgmma_kernel(
     producer = (zero, zero, p_off_m, p_off_n, first_tile)
     for _prologue in gl.static_range(STAGES - IN_FLIGHT):
         producer = load_step(*producer, total_steps, k_extent, num_sms, M, N, x_desc, w_desc, x_bufs, w_bufs, ready,
-                             STAGES, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, X_FROM_GLOBAL)
+                             STAGES, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
-    if X_FROM_GLOBAL:
-        fused_linear_wgmma_x_from_global(x_ptr, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M, N, K,
-                                         stride_xm, stride_ym, has_bias, has_gamma, has_beta, eps, num_sms, first_tile,
-                                         my_tiles, k_steps, k_extent, total_steps, producer, x_desc, w_desc, x_bufs,
-                                         w_bufs, ready, acc_layout, a_layout, EPILOGUE, BLOCK_M, BLOCK_N, BLOCK_K,
-                                         GROUP_M, STAGES)
-    else:
-        step = 0
-        for t in range(my_tiles):
-            acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, acc_layout)
-            for _turn in range(k_steps // SETS):
-                # unrolled: each k-step's A is its own value, which ptxas keeps in its own registers while its wgmma runs
-                # (not guaranteed by anything here: the build's SASS check verifies it for every variant)
-                for j in gl.static_range(SETS):
-                    acc = mma_step(step + j, acc, x_bufs, w_bufs, ready, STAGES, a_layout)
-                    # Every warpgroup has now retired the wgmma of step + j - IN_FLIGHT and every warp has read its x
-                    # tile: that slot may be refilled.
-                    cta_barrier()
-                    producer = load_step(*producer, total_steps, k_extent, num_sms, M, N, x_desc, w_desc, x_bufs,
-                                         w_bufs, ready, STAGES, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-                step += SETS
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-            off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-            epilogue_store_by_quarters(acc, y_ptr, 0, 0, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr,
-                                       gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE, True, False)
-
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(ready.index(i))
-
-
-@gluon.jit
-def fused_linear_wgmma_x_from_global(x_ptr, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M, N, K,
-                                     stride_xm, stride_ym, has_bias, has_gamma, has_beta, eps, num_sms, first_tile,
-                                     my_tiles, k_steps, k_extent, total_steps, producer, x_desc, w_desc, x_bufs,
-                                     w_bufs, ready, acc_layout: gl.constexpr, a_layout: gl.constexpr,
-                                     EPILOGUE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                                     BLOCK_K: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr):
-    """The X_FROM_GLOBAL main loop: x's tiles go from global memory straight into registers, one k-step ahead (across
-    tile boundaries), and only W's pass through shared memory: per 64-deep k-step of the 128x256 tile 96 KB of
-    shared-memory traffic (W's TMA write, both warpgroups' wgmma reads) instead of 160 (PERF_NOTES.md v48)."""
-    SETS: gl.constexpr = IN_FLIGHT + 1
-    # Where each thread loads x's fp32 tile: the rows the wgmma A layout gives it (warp w: rows 16w + lane / 4 and 8
-    # more), and in every 16-column block the 4 adjacent columns 4 * (lane % 4) .. + 3, one 16-byte load;
-    # k_permuted_as_wgmma_a turns that into the A layout. (Spelled out: a jit function cannot return a layout on
-    # triton 3.6.) Registers: columns 1, 2, row 8, the 16-column blocks; lanes: columns 4, 8, rows 1, 2, 4.
-    gl.static_assert(BLOCK_M == 128 and gl.num_warps() == 8 and BLOCK_K == 64, "X_FROM_GLOBAL is laid out for "
-                     "128x64 x tiles over 8 warps (one 16-row slab each, as the wgmma accumulator)")
-    x_layout: gl.constexpr = gl.DistributedLinearLayout([[0, 1], [0, 2], [8, 0], [0, 16], [0, 32]],
-                                                        [[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
-                                                        [[16, 0], [32, 0], [64, 0]], [], [BLOCK_M, BLOCK_K])
-    # x's position: the tile it belongs to and its k-step there
-    x_tile_id = first_tile
-    x_off_m, _x_off_n = tile_origin(first_tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    x_kk = first_tile * 0
-    x_next = load_x_step(x_ptr, stride_xm, M, K, x_off_m, x_kk, x_layout, BLOCK_M, BLOCK_K)
     step = 0
     for t in range(my_tiles):
         acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, acc_layout)
         for _turn in range(k_steps // SETS):
+            # unrolled: each k-step's A is its own value, which ptxas keeps in its own registers while its wgmma runs
+            # (not guaranteed by anything here: the build's SASS check verifies it for every variant)
             for j in gl.static_range(SETS):
-                a = k_permuted_as_wgmma_a(x_next, a_layout)
-                # the next k-step's x (the next tile's first past the last of this one; zeros past the program's
-                # last tile, whose origin tile_origin clamps)
-                x_kk += 1
-                if x_kk * BLOCK_K >= k_extent:
-                    x_kk = 0
-                    x_tile_id += num_sms
-                    x_off_m, _x_off_n = tile_origin(x_tile_id, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-                x_next = load_x_step(x_ptr, stride_xm, M, K, x_off_m, x_kk, x_layout, BLOCK_M, BLOCK_K)
-                slot = (step + j) % STAGES
-                mbarrier.wait(ready.index(slot), ((step + j) // STAGES) & 1)
-                acc = warpgroup_mma(a, w_bufs.index(slot).permute((1, 0)), acc, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=IN_FLIGHT, deps=[acc])
-                cta_barrier()  # every warpgroup has retired the wgmma before last: its slot may be refilled
+                acc = mma_step(step + j, acc, x_bufs, w_bufs, ready, STAGES, a_layout)
+                # Every warpgroup has now retired the wgmma of step + j - IN_FLIGHT and every warp has read its x
+                # tile: that slot may be refilled.
+                cta_barrier()
                 producer = load_step(*producer, total_steps, k_extent, num_sms, M, N, x_desc, w_desc, x_bufs,
-                                     w_bufs, ready, STAGES, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, True)
+                                     w_bufs, ready, STAGES, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
             step += SETS
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
         off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         epilogue_store_by_quarters(acc, y_ptr, 0, 0, stride_ym, off_m, off_n, M, N, bias_ptr, mean_ptr, var_ptr,
-                                   gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE, False, False)
+                                   gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE, True, False)
+
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(ready.index(i))
