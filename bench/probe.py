@@ -237,6 +237,20 @@ GROUPS = {
         ("coop 128x256x64 s4", coop(128, 256, 64, 4)),
         ("coop 128x256x64 s4 TMA store", coop(128, 256, 64, 4, TMA_STORE=1)),
     ]),
+    # BN at K 1024 with the L2 flushed (do_bench; the sweep rotates inputs past the L2, where the table's 3-stage TMA
+    # kernel lost more than cuBLAS did, v38): does coop's deeper ring with TMA stores win there? (session 12)
+    "k1024_bn_half_cold": ("linear_bn_gelu_relu", 4096, 4096, 1024, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("coop 128x256x64 s4 TMA store", coop(128, 256, 64, 4, TMA_STORE=1)),
+        ("coop 128x256x64 s3 TMA store", coop(128, 256, 64, 3, TMA_STORE=1)),
+        ("tma 128x256x32 s5", tma(128, 256, 32, 8, 5)),
+    ]),
+    "m1024_k1024_bn_half_cold": ("linear_bn_gelu_relu", 1024, 4096, 1024, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("coop 128x256x64 s4 TMA store", coop(128, 256, 64, 4, TMA_STORE=1)),
+        ("coop 128x256x64 s3 TMA store", coop(128, 256, 64, 3, TMA_STORE=1)),
+        ("tma 128x128x64 w4 s3 4 slices 2/SM", tma(128, 128, 64, 4, 3, slices=4, ctas=2)),
+    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -254,6 +268,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p76_tf32_coop": "lt_relu", "p41_tf32_coop": "mm", "p41_half_coop": "mm", "p76_half_coop": "mm",
     "k1024_bn_half_coop": "mm",
     "p41_tf32_coop_store": "mm", "k1024_bn_half_coop_store": "mm",
+    "k1024_bn_half_cold": "mm", "m1024_k1024_bn_half_cold": "mm",
 }
 
 
