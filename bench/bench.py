@@ -784,6 +784,7 @@ def time_contenders(prepared, specs: Sequence[Spec], data: CaseData, timing_kw, 
         if kw.get("budget_ms") is not None:
             kw["budget_ms"] = kw["budget_ms"] / rounds
     pooled = [{label: [] for label, _ in callables} for _, callables in prepared]
+    after_idle = [{label: 0 for label, _ in callables} for _, callables in prepared]
     last = [{} for _ in prepared]
     for r in range(rounds):
         for i in round_order(len(prepared), r):
@@ -795,6 +796,7 @@ def time_contenders(prepared, specs: Sequence[Spec], data: CaseData, timing_kw, 
                     for label, fn in callables:
                         t = time_cuda(fn, rotate_inputs=data.sets(spec.variant), **kw)
                         pooled[i][label].extend(t.times_ms)
+                        after_idle[i][label] += t.calls_after_idle
                         last[i][label] = t
             except Exception as e:  # noqa: BLE001
                 record_error(row, e)
@@ -805,7 +807,8 @@ def time_contenders(prepared, specs: Sequence[Spec], data: CaseData, timing_kw, 
         best = min(medians, key=medians.get)
         t = last[i][best]
         timing = Timing.from_times(pooled[i][best], warmup=t.warmup, n_inputs=t.n_inputs,
-                                   host_ms_per_call=t.host_ms_per_call, hid_host_overhead=t.hid_host_overhead)
+                                   host_ms_per_call=t.host_ms_per_call, hid_host_overhead=t.hid_host_overhead,
+                                   calls_after_idle=after_idle[i][best])
         row["median_ms"] = timing.median_ms
         row["timing"] = dict(timing.as_dict(), rounds=rounds)
         if len(callables) > 1:

@@ -5,6 +5,8 @@
 For every (op, input dtype, precision) of the sweep: M >= 256 needs at least 0.8x the cuBLAS floor's throughput
 (time <= 1.25x the floor), M <= 64 at most 1.5x the floor's time. Prints the misses and a count per case.
 With several files, a point measured in a later file replaces the earlier one (e.g. a re-run of some M values).
+A miss whose timed calls often began on an idle GPU (bench.timing's calls_after_idle: the host fell behind) says so:
+its median holds host time, and the point wants a re-run before it is read as the kernel's.
 """
 import json
 import sys
@@ -49,7 +51,15 @@ def main(paths):
         print(f"{op:<20} {dtype:<5} {precision:<5} {len(missed):>2} of {points} points miss")
         for r in missed:
             print(f"    M {r['M']:>5} N {r['N']:>5} K {r['K']:>5}: {r['x_floor']:.2f}x the floor's time "
-                  f"({r['median_ms']:.4f} ms vs {r['floor_ms']:.4f})")
+                  f"({r['median_ms']:.4f} ms vs {r['floor_ms']:.4f}){idle_note(r.get('timing') or {})}")
+
+
+def idle_note(timing):
+    """A note for a point whose timed calls began on an idle GPU often enough (> 5%) to move its median."""
+    idle, reps = timing.get("calls_after_idle", 0), timing.get("reps", 0)
+    if reps and idle > 0.05 * reps:
+        return f"; {idle} of its {reps} timed calls began on an idle GPU (host-bound: re-run it)"
+    return ""
 
 
 if __name__ == "__main__":

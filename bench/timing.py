@@ -18,6 +18,8 @@ Method (time_cuda):
      pairs measure GPU execution (for a multi-kernel callable: its kernels plus the GPU-side gaps
      between them), not Python/dispatcher/launch latency. Set it False to measure what a caller who
      launches one call at a time would see when the GPU outruns the host.
+     Each call's start is also checked against the previous call's end: a call that began on an idle GPU
+     (the host fell behind, e.g. a stall in the process) is counted in Timing.calls_after_idle.
   5. settle_ms: after the warm-up, about this much GPU time of untimed calls (at most SETTLE_MAX_CALLS)
      runs right before the timed ones. Under a power limit the SM clock follows what ran in the last
      tens of milliseconds; settling times each contender at the clock its own work sustains, not at
@@ -38,6 +40,10 @@ from typing import Any, Callable, List, Optional, Sequence
 DEFAULT_L2_BYTES = 50 * 1024 * 1024  # H100 SXM
 _SLEEP_CYCLES_PER_MS = {}  # device index -> calibrated torch.cuda._sleep cycles per millisecond
 SETTLE_MAX_CALLS = 2000
+# A timed call whose start event the GPU reached more than this long after the previous call's end event began on an
+# idle GPU: the host had not queued it in time, so its event pair may hold host latency, not only GPU time. Calls
+# queued back to back show 1-5 us between the two events on the H100 (session 12).
+IDLE_GAP_MS = 0.01
 
 
 @dataclass
@@ -54,6 +60,9 @@ class Timing:
     host_ms_per_call: float  # enqueue cost per call, measured during warm-up
     hid_host_overhead: bool
     times_ms: List[float] = field(default_factory=list, repr=False)
+    # timed calls that began on an idle GPU (IDLE_GAP_MS; the first call of each chunk, behind its spin kernel, is
+    # not counted): a median that moves with them is the host's, not the kernel's
+    calls_after_idle: int = 0
 
     @classmethod
     def from_times(cls, times: List[float], **fields) -> "Timing":
@@ -176,9 +185,10 @@ def time_cuda(fn: Callable, *, warmup: int = 10, reps: int = 100, rotate_inputs:
         done += this
     torch.cuda.synchronize()
     times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+    after_idle = sum(1 for j in range(1, reps) if j % chunk and ends[j - 1].elapsed_time(starts[j]) > IDLE_GAP_MS)
     return Timing.from_times(times, warmup=warmup + 1, n_inputs=n,
                              host_ms_per_call=host_ms if host_ms is not None else float("nan"),
-                             hid_host_overhead=hide)
+                             hid_host_overhead=hide, calls_after_idle=after_idle)
 
 
 def round_order(count: int, round_index: int) -> List[int]:

@@ -354,6 +354,45 @@ def test_time_cuda_settles_and_keeps_the_spin_kernel_where_the_host_is_slower(mo
     assert ("spin" in before) == (not (settle_ms and gpu_bound))  # dropped only behind a queue of GPU work
 
 
+def test_time_cuda_counts_calls_that_began_on_an_idle_gpu(monkeypatch):
+    """A timed call whose start event the GPU reached well after the previous call ended (the host fell behind) is
+    counted; back-to-back calls (a few us between the events) are not. The median stays the calls' own time."""
+    torch = pytest.importorskip("torch")
+    reps, clock, made = 8, [0.0], []
+    idle_before = {3: 0.05, 5: 0.2, 6: 0.002}  # timed call -> GPU idle time before its start event (ms)
+
+    class Event:  # a GPU timeline: calls take 1 ms, start events of the calls above come after idle time
+        def __init__(self, enable_timing=False):
+            self.index, self.t = len(made), None
+            made.append(self)
+
+        def record(self):
+            clock[0] += idle_before.get(self.index, 0.0) if self.index < reps else 0.0
+            self.t = clock[0]
+
+        def elapsed_time(self, other):
+            return other.t - self.t
+
+    def call():
+        clock[0] += 1.0
+
+    fake = FakeCuda(sync_s=0.0)
+    for name, value in (("Event", Event), ("synchronize", fake.synchronize), ("_sleep", fake._sleep)):
+        monkeypatch.setattr(torch.cuda, name, value, raising=False)
+    monkeypatch.setattr(T, "sleep_cycles_per_ms", lambda: 1000.0)
+    t = T.time_cuda(call, warmup=2, reps=reps)
+    assert t.reps == reps and t.median_ms == pytest.approx(1.0)
+    assert t.calls_after_idle == 2  # 0.05 and 0.2 ms; 0.002 ms is back to back
+
+
+def test_sweep_targets_flag_misses_whose_calls_began_on_an_idle_gpu():
+    """bench.targets notes a miss when more than 5% of its timed calls began on an idle GPU (host-bound timing)."""
+    from bench import targets
+    assert "30 of its 100 timed calls" in targets.idle_note({"calls_after_idle": 30, "reps": 100})
+    assert targets.idle_note({"calls_after_idle": 5, "reps": 100}) == ""
+    assert targets.idle_note({}) == ""  # results files from before the count
+
+
 def test_sweep_targets_count_misses_and_later_files_replace_points(tmp_path):
     """bench.targets: M >= 256 misses above 1.25x the floor's time, M <= 64 above 1.5x, M in between has no
     target; a point measured again in a later file replaces the earlier measurement."""
