@@ -251,6 +251,24 @@ GROUPS = {
         ("coop 128x256x64 s3 TMA store", coop(128, 256, 64, 3, TMA_STORE=1)),
         ("tma 128x128x64 w4 s3 4 slices 2/SM", tma(128, 128, 64, 4, 3, slices=4, ctas=2)),
     ]),
+    # one wave of 128x256 tiles (M 1024 x N 4096 x K 1024): the store of the first half of the tile under the second
+    # half's epilogue (EPILOGUE_SLICES) shortens every program's tail (session 12)
+    "m1024_k1024_bn_half_slices": ("linear_bn_gelu_relu", 1024, 4096, 1024, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3 2 slices", tma(128, 256, 64, 8, 3, slices=2)),
+        ("tma 128x256x64 s3 4 slices", tma(128, 256, 64, 8, 3, slices=4)),
+        ("tma 128x256x64 s4 4 slices", tma(128, 256, 64, 8, 4, slices=4)),
+    ]),
+    "m1024_k1024_bn_bf16_slices": ("linear_bn_gelu_relu", 1024, 4096, 1024, torch.bfloat16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3 2 slices", tma(128, 256, 64, 8, 3, slices=2)),
+        ("tma 128x256x64 s3 4 slices", tma(128, 256, 64, 8, 3, slices=4)),
+    ]),
+    "m1024_k1024_relu_half_slices": ("linear_relu", 1024, 4096, 1024, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("tma 128x256x64 s3 2 slices", tma(128, 256, 64, 8, 3, slices=2)),
+        ("tma 128x256x64 s3 4 slices", tma(128, 256, 64, 8, 3, slices=4)),
+    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -269,6 +287,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "k1024_bn_half_coop": "mm",
     "p41_tf32_coop_store": "mm", "k1024_bn_half_coop_store": "mm",
     "k1024_bn_half_cold": "mm", "m1024_k1024_bn_half_cold": "mm",
+    "m1024_k1024_bn_half_slices": "mm", "m1024_k1024_bn_bf16_slices": "mm", "m1024_k1024_relu_half_slices": "mm",
 }
 
 
