@@ -269,6 +269,12 @@ GROUPS = {
         ("tma 128x256x64 s3 2 slices", tma(128, 256, 64, 8, 3, slices=2)),
         ("tma 128x256x64 s3 4 slices", tma(128, 256, 64, 8, 3, slices=4)),
     ]),
+    # coop's main loop against the TMA kernel's where the epilogue is cheap (relu, K 1024): what costs coop 4-6% in
+    # half precision? (session 12, for ncu)
+    "k1024_relu_half_coop_store": ("linear_relu", 4096, 4096, 1024, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("coop 128x256x64 s4 TMA store", coop(128, 256, 64, 4, TMA_STORE=1)),
+    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -288,6 +294,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p41_tf32_coop_store": "mm", "k1024_bn_half_coop_store": "mm",
     "k1024_bn_half_cold": "mm", "m1024_k1024_bn_half_cold": "mm",
     "m1024_k1024_bn_half_slices": "mm", "m1024_k1024_bn_bf16_slices": "mm", "m1024_k1024_relu_half_slices": "mm",
+    "k1024_relu_half_coop_store": "mm",
 }
 
 
