@@ -275,6 +275,15 @@ GROUPS = {
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
         ("coop 128x256x64 s4 TMA store", coop(128, 256, 64, 4, TMA_STORE=1)),
     ]),
+    # v51's lead: does a shallower ring (the loader's lead) or another tile order bring coop's L2 hit rate back?
+    "k1024_relu_half_coop_lead": ("linear_relu", 4096, 4096, 1024, torch.float16, "native", [
+        ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
+        ("coop 128x256x64 s4 TMA store", coop(128, 256, 64, 4, TMA_STORE=1)),
+        ("coop 128x256x64 s3 TMA store", coop(128, 256, 64, 3, TMA_STORE=1)),
+        ("coop 128x256x64 s2 TMA store", coop(128, 256, 64, 2, TMA_STORE=1)),
+        ("coop 128x256x64 s4 TMA store g4", coop(128, 256, 64, 4, TMA_STORE=1, group=4)),
+        ("coop 128x256x64 s4 TMA store g16", coop(128, 256, 64, 4, TMA_STORE=1, group=16)),
+    ]),
     "p41_tf32": ("linear_bn_gelu_relu", *P41, torch.float32, "tf32", [
         ("tiled 128x256x32 s3 (table)", cfg(128, 256, 32, 8, 3)),
         ("tma 128x128x32 s4", tma(128, 128, 32, 8, 4)),
@@ -294,7 +303,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p41_tf32_coop_store": "mm", "k1024_bn_half_coop_store": "mm",
     "k1024_bn_half_cold": "mm", "m1024_k1024_bn_half_cold": "mm",
     "m1024_k1024_bn_half_slices": "mm", "m1024_k1024_bn_bf16_slices": "mm", "m1024_k1024_relu_half_slices": "mm",
-    "k1024_relu_half_coop_store": "mm",
+    "k1024_relu_half_coop_store": "mm", "k1024_relu_half_coop_lead": "mm",
 }
 
 
