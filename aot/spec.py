@@ -30,7 +30,7 @@ KERNELS = {
     # wgmma); maxnreg spreads the registers over its three warpgroups (see the kernel). TMA_STORE: the epilogue
     # stores through shared memory and TMA instead of from the registers
     "coop": {"source": "kernels/fused_linear_coop.py", "function": "fused_linear_coop_kernel", "layouts": ("aligned",),
-             "min_arch": 90, "max_arch": 90, "dots": ("native", "tf32", "fp16"), "persistent": True, "stages_constexpr": True,
+             "min_arch": 90, "max_arch": 90, "dots": ("native", "tf32"), "persistent": True, "stages_constexpr": True,
              "knobs": {"TMA_STORE": 0}, "requires": {}, "cublas_gemm": False, "options": {"maxnreg": 168}},
     # fp32 'ieee': cuBLAS's SGEMM (exact fp32 products, ~2x Triton's FMA main loop), then the epilogue in place. Only
     # where torch keeps cuBLAS on fp32 (allow_tf32 off); otherwise the launcher takes the generic rule's kernel.

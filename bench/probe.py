@@ -159,29 +159,6 @@ GROUPS = {
     "p41_half_limiter": ("linear_bn_gelu_relu", *P41, torch.float16, "native", [
         ("tma 128x256x64 s3 (table)", tma(128, 256, 64, 8, 3)),
     ]),
-    # fp32 x rounded in the registers of coop's two consumer warpgroups, which wait only on their own slots' barriers
-    # (the wgmma kernel's warpgroups refill the ring in lockstep; ncu at problem 41: tensor pipe 69% busy, shared
-    # memory and L2 at 60%; session 13)
-    "p41_fp32_fp16_coop": ("linear_bn_gelu_relu", *P41, torch.float32, "fp16", [
-        ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
-        ("coop 128x256x64 s3, w16", coop(128, 256, 64, 3, WEIGHT_FP16=1)),
-        ("coop 128x256x32 s5, w16", coop(128, 256, 32, 5, WEIGHT_FP16=1)),
-        ("coop 128x256x32 s6, w16", coop(128, 256, 32, 6, WEIGHT_FP16=1)),
-        ("coop 128x256x32 s7, w16", coop(128, 256, 32, 7, WEIGHT_FP16=1)),
-        ("coop 128x256x32 s7 g4, w16", coop(128, 256, 32, 7, group=4, WEIGHT_FP16=1)),
-        ("coop 128x256x16 s12, w16", coop(128, 256, 16, 12, WEIGHT_FP16=1)),
-        ("coop 128x256x16 s14, w16", coop(128, 256, 16, 14, WEIGHT_FP16=1)),
-    ]),
-    "p41_relu_fp32_fp16_coop": ("linear_relu", *P41, torch.float32, "fp16", [
-        ("wgmma 128x256x64 w8 s3 (table)", wgmma(128, 256, 64, 8, 3)),
-        ("coop 128x256x64 s3, w16", coop(128, 256, 64, 3, WEIGHT_FP16=1)),
-        ("coop 128x256x32 s6, w16", coop(128, 256, 32, 6, WEIGHT_FP16=1)),
-        ("coop 128x256x32 s7, w16", coop(128, 256, 32, 7, WEIGHT_FP16=1)),
-        ("coop 128x256x16 s14, w16", coop(128, 256, 16, 14, WEIGHT_FP16=1)),
-    ]),
-    "p41_fp32_fp16_coop_ncu": ("linear_bn_gelu_relu", *P41, torch.float32, "fp16", [
-        ("coop 128x256x32 s7, w16", coop(128, 256, 32, 7, WEIGHT_FP16=1)),
-    ]),
     # the Gluon kernel: explicit wgmma waits, two A register sets (kernels/fused_linear_gluon.py; session 5)
     "p41_fp32_fp16_wgmma": ("linear_bn_gelu_relu", *P41, torch.float32, "fp16", [
         ("tiled 128x256x32 w8 s3, w16 (previous table)", cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1)),
@@ -335,8 +312,7 @@ REFERENCES = {  # group -> what the issue compares against, timed the same two w
     "p41_tf32_ctas": "mm", "p41_fp32_fp16_ctas": "mm16", "p76_aot_vs_jit": "lt_relu",
     "p76_tf32_flat": "lt_relu", "p41_half_flat": "mm",
     "p41_fp32_fp16_tiled": "mm16", "p76_half": "mm", "p41_group_m": "mm", "p76_group_m": "mm",
-    "p41_fp32_fp16_wgmma": "mm16", "p41_fp32_fp16_limiter": "mm16", "p41_fp32_fp16_coop": "mm16", "p41_relu_fp32_fp16_coop": "mm16",
-    "p41_fp32_fp16_coop_ncu": "mm16", "p41_half_limiter": "mm", "p41_relu_fp32_fp16_wgmma": "mm16", "m256_n8192_half": "mm",
+    "p41_fp32_fp16_wgmma": "mm16", "p41_fp32_fp16_limiter": "mm16", "p41_half_limiter": "mm", "p41_relu_fp32_fp16_wgmma": "mm16", "m256_n8192_half": "mm",
     "m256_n4096_half": "mm", "p76_tf32_deep": "lt_relu", "k1024_bn_half": "mm",
     "p76_tf32_coop": "lt_relu", "p41_tf32_coop": "mm", "p41_half_coop": "mm", "p76_half_coop": "mm",
     "k1024_bn_half_coop": "mm",

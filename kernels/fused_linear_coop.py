@@ -1,9 +1,7 @@
 """Hopper main loop with a loader warpgroup and two consumer warpgroups sharing each tile (warp-specialised,
 cooperative), in Gluon (build-time only, like fused_linear.py).
 
-    y = EPILOGUE(x @ W^T + bias)    x, W, y: fp16, bf16 (DOT "native") or fp32 on TF32 tensor cores (DOT "tf32");
-                                    or x, y fp32 and W fp16 (DOT "fp16": the launcher rounds W once per call, the
-                                    consumers round x's tiles in registers, as fused_linear_gluon's wgmma kernel)
+    y = EPILOGUE(x @ W^T + bias)    x, W, y: fp16, bf16 (DOT "native") or fp32 on TF32 tensor cores (DOT "tf32")
 
 Why: cuBLAS's TF32 kernel has the same 128x256x32 tile as the TMA kernel in fused_linear.py but a different
 structure: one warpgroup only issues TMA loads, two only run wgmma and the epilogue (in the TMA kernel both warpgroups
@@ -16,10 +14,7 @@ Partitions (gl.warp_specialize), in each persistent program:
               program's tiles, in tile order, into one STAGES-deep ring (it runs ahead across the epilogues)
   consumer    twice, 4 more warps each: rows 0..BLOCK_M/2 of every tile (WHICH 0), and the other half (WHICH 1)
 A slot's `ready` barrier completes when its bytes have landed; its `empty` barrier when both consumers have retired
-the wgmma that read it (two arrivals). DOT "fp16": each consumer loads its rows of x's fp32 tile into registers,
-rounds them to fp16 and runs a register-A wgmma, one left in flight while the next k-step is rounded (two register
-sets, fused_linear_gluon.mma_step); unlike the wgmma kernel, whose two warpgroups load, round and refill the ring in
-lockstep (a CTA barrier per k-step), the consumers here only wait on their own slots' barriers. The consumers store the epilogue's result straight from their registers, or
+the wgmma that read it (two arrivals). The consumers store the epilogue's result straight from their registers, or
 (TMA_STORE) a column quarter at a time through a shared-memory buffer each and a TMA store: for fp16 / bf16 outputs
 the register stores write half-sectors and made this kernel 25-35% slower than the TMA kernel (PERF_NOTES.md v46).
 (The consumers are worker partitions because triton 3.6 cannot lower a tensor store in the default partition.)
@@ -28,7 +23,7 @@ the partitions read the kernel's compile-time choices from the shape of `choices
 (choices_buffer), as they read the tile sizes from the buffers' shapes.
 """
 from kernels import fused_linear
-from kernels.fused_linear_gluon import IN_FLIGHT, epilogue_store_by_quarters, mma_step, tile_origin
+from kernels.fused_linear_gluon import epilogue_store_by_quarters, tile_origin
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
@@ -78,37 +73,28 @@ def consumer_rows(x_bufs, w_bufs, ready, empty, y_desc, y_buf, y_ptr, bias_ptr, 
     BLOCK_M: gl.constexpr = x_bufs.type.shape[1]
     BLOCK_N: gl.constexpr = w_bufs.type.shape[1]
     HALF: gl.constexpr = BLOCK_M // 2
-    ROUND_X: gl.constexpr = x_bufs.type.element_ty != w_bufs.type.element_ty  # fp32 x, fp16 W (DOT "fp16")
-    SETS: gl.constexpr = IN_FLIGHT + 1 if ROUND_X else 1  # k-steps per loop turn (k_steps is a multiple)
     # fp32 operands run as TF32 (the compile default; wgmma has no full-fp32 mode), 8 deep per instruction
-    K_WIDTH: gl.constexpr = 8 if w_bufs.type.element_ty == gl.float32 else 16
+    K_WIDTH: gl.constexpr = 8 if x_bufs.type.element_ty == gl.float32 else 16
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps(), 1],
                                                          instr_shape=[16, BLOCK_N, K_WIDTH])
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     for t in range(my_tiles):
         first_step = t * k_steps
         acc = gl.zeros((HALF, BLOCK_N), gl.float32, acc_layout)
-        for turn in range(k_steps // SETS):
-            # ROUND_X: unrolled, so that each k-step's A is its own value (fused_linear_gluon's wgmma kernel says why)
-            for j in gl.static_range(SETS):
-                kk = turn * SETS + j
-                step = first_step + kk
-                if ROUND_X:
-                    acc = mma_step(step, acc, x_bufs, w_bufs, ready, STAGES, a_layout, WHICH * HALF, HALF)
-                else:
-                    slot = step % STAGES
-                    mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
-                    acc = warpgroup_mma(x_bufs.index(slot).slice(WHICH * HALF, HALF, dim=0),
-                                        w_bufs.index(slot).permute((1, 0)), acc, is_async=True)
-                    acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
-                # the k-step before has retired: this consumer is done with its slot
-                mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1, pred=kk > 0)
+        for kk in range(k_steps):
+            step = first_step + kk
+            slot = step % STAGES
+            mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
+            acc = warpgroup_mma(x_bufs.index(slot).slice(WHICH * HALF, HALF, dim=0),
+                                w_bufs.index(slot).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
+            # the k-step before has retired: this consumer is done with its slot
+            mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1, pred=kk > 0)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
         mbarrier.arrive(empty.index((first_step + k_steps - 1) % STAGES), count=1)
         off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         epilogue_store_by_quarters(acc, y_ptr, y_desc, y_buf, stride_ym, off_m + WHICH * HALF, off_n, M, N, bias_ptr,
                                    mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE,
-                                   ROUND_X, TMA_STORE)
+                                   False, TMA_STORE)
     if TMA_STORE:
         tma.store_wait(0)  # the last store has read the buffer before the program ends
 
@@ -146,24 +132,18 @@ def fused_linear_coop_kernel(
     STAGES: gl.constexpr, TMA_STORE: gl.constexpr = False,
 ):
     dtype: gl.constexpr = x_ptr.dtype.element_ty
-    w_dtype: gl.constexpr = w_ptr.dtype.element_ty
-    gl.static_assert((DOT == "native" and dtype != gl.float32 and w_dtype == dtype)
-                     or (DOT == "tf32" and dtype == gl.float32 and w_dtype == dtype)
-                     or (DOT == "fp16" and dtype == gl.float32 and w_dtype == gl.float16),
-                     "fused_linear_coop_kernel serves fp16/bf16 (DOT native), fp32 on TF32, and fp32 x with an fp16 "
-                     "weight (DOT fp16: WEIGHT_FP16)")
-    # DOT fp16: the consumers' x rows come in conflict_free_rows' order, so they store from their registers
-    gl.static_assert(not (DOT == "fp16" and TMA_STORE), "DOT fp16 stores from the registers (no TMA_STORE)")
+    gl.static_assert((DOT == "native" and dtype != gl.float32) or (DOT == "tf32" and dtype == gl.float32),
+                     "fused_linear_coop_kernel serves fp16/bf16 (DOT native) and fp32 on TF32")
     gl.static_assert(gl.num_warps() == 4, "the loader is one warpgroup: num_warps must be 4")
     gl.static_assert(BLOCK_M == 128, "two consumer warpgroups of 64 rows each")
     x_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], dtype)
-    w_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], w_dtype)
+    w_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], dtype)
     x_desc = tma.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_xm, 1], block_shape=[BLOCK_M, BLOCK_K],
                                         layout=x_layout)
     w_desc = tma.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K],
                                         layout=w_layout)
     x_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, BLOCK_K], x_layout)
-    w_bufs = gl.allocate_shared_memory(w_dtype, [STAGES, BLOCK_N, BLOCK_K], w_layout)
+    w_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, BLOCK_K], w_layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
@@ -186,9 +166,7 @@ def fused_linear_coop_kernel(
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     first_tile = gl.program_id(0)
     my_tiles = gl.cdiv(num_tiles - first_tile, num_sms)
-    # DOT fp16: rounded up to whole loop turns of the consumers (TMA zero-fills the k-steps past K)
-    SETS: gl.constexpr = IN_FLIGHT + 1 if DOT == "fp16" else 1
-    k_steps = gl.cdiv(K, SETS * BLOCK_K) * SETS
+    k_steps = gl.cdiv(K, BLOCK_K)
     # one argument list; the two consumers' differ only in their choices (which half of the tile)
     top = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, top_choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr,
            var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms,

@@ -131,14 +131,12 @@ def tile_rows(off_m, BLOCK_M: gl.constexpr, layout: gl.constexpr):
 
 
 @gluon.jit
-def mma_step(step, acc, x_bufs, w_bufs, ready, STAGES: gl.constexpr, a_layout: gl.constexpr, ROW0: gl.constexpr,
-             ROWS: gl.constexpr):
-    """Wait for k-step `step`'s tiles, round rows ROW0..ROW0 + ROWS of x's tile to fp16 into registers, start their
-    wgmma, and return once at most IN_FLIGHT wgmmas are still running (none of them reads the registers the next
-    k-step will write)."""
+def mma_step(step, acc, x_bufs, w_bufs, ready, STAGES: gl.constexpr, a_layout: gl.constexpr):
+    """Wait for k-step `step`'s tiles, round x's to fp16 into registers, start its wgmma, and return once at most
+    IN_FLIGHT wgmmas are still running (none of them reads the registers the next k-step will write)."""
     slot = step % STAGES
     mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
-    a = conflict_free_rows(x_bufs.index(slot)).slice(ROW0, ROWS, dim=0).load(a_layout).to(gl.float16)
+    a = conflict_free_rows(x_bufs.index(slot)).load(a_layout).to(gl.float16)
     acc = warpgroup_mma(a, w_bufs.index(slot).permute((1, 0)), acc, is_async=True)
     return warpgroup_mma_wait(num_outstanding=IN_FLIGHT, deps=[acc])
 
@@ -200,7 +198,7 @@ def fused_linear_wgmma_kernel(
             # unrolled: each k-step's A is its own value, which ptxas keeps in its own registers while its wgmma runs
             # (not guaranteed by anything here: the build's SASS check verifies it for every variant)
             for j in gl.static_range(SETS):
-                acc = mma_step(step + j, acc, x_bufs, w_bufs, ready, STAGES, a_layout, 0, BLOCK_M)
+                acc = mma_step(step + j, acc, x_bufs, w_bufs, ready, STAGES, a_layout)
                 # Every warpgroup has now retired the wgmma of step + j - IN_FLIGHT and every warp has read its x
                 # tile: that slot may be refilled.
                 cta_barrier()
