@@ -4,6 +4,8 @@
     pip wheel --no-build-isolation --no-deps .    # a wheel whose users need torch only
 
 FUSEDOPS_CUDA_ARCHS="80;86;89;90" chooses the archs (default: aot/spec.py DEFAULT_ARCHS).
+FUSEDOPS_PREBUILT_AOT=DIR links the kernels `python -m aot.build --out DIR` compiled earlier (on another machine, with
+another Triton, for another torch) instead of compiling them; their archs are DIR's. This build then needs no Triton.
 """
 import json
 import os
@@ -17,7 +19,8 @@ import torch
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = Path(__file__).resolve().parent
-AOT_OUT = ROOT / "build" / "aot"
+PREBUILT_AOT = os.environ.get("FUSEDOPS_PREBUILT_AOT", "").strip()
+AOT_OUT = Path(PREBUILT_AOT).resolve() if PREBUILT_AOT else ROOT / "build" / "aot"
 BASE_VERSION = re.search(r'"(.+)"', (ROOT / "fusedops" / "_version.py").read_text()).group(1)
 TORCH_RELEASE = torch.__version__.split("+")[0]
 TORCH_MAJOR_MINOR = ".".join(TORCH_RELEASE.split(".")[:2])
@@ -59,7 +62,11 @@ class BuildWithKernels(BuildExtension):
         sys.path.insert(0, str(ROOT))
         from aot import build as aot_build, spec
 
-        generated = aot_build.build(AOT_OUT, ROOT / "build" / "aot-cache", os.cpu_count() or 1, spec.cuda_archs())
+        if PREBUILT_AOT:
+            generated = aot_build.relink(AOT_OUT)
+        else:
+            generated = aot_build.build(AOT_OUT, ROOT / "build" / "aot-cache", os.cpu_count() or 1, spec.cuda_archs())
+        archs = json.loads((AOT_OUT / "manifest.json").read_text())["archs"]
         for ext in self.extensions:
             if str(generated) not in ext.sources:
                 ext.sources.append(str(generated))
@@ -67,7 +74,7 @@ class BuildWithKernels(BuildExtension):
         for ext in self.extensions:  # what the package checks before it loads the binary
             info = Path(self.get_ext_fullpath(ext.name)).with_name("_build_info.json")
             info.write_text(json.dumps({"version": VERSION, "torch": torch.__version__,
-                                        "torch_cuda": torch.version.cuda, "archs": spec.cuda_archs()}) + "\n")
+                                        "torch_cuda": torch.version.cuda, "archs": archs}) + "\n")
 
 
 extension = CppExtension(

@@ -9,6 +9,12 @@ with the cuobjdump inside the Triton wheel, enforce the per-arch limits, and wri
   fusedops_kernels.cpp                            variant table, rule table, one launcher per variant
   manifest.json                                   every variant with its metadata (also embedded)
 Compiles are cached under --cache by a hash of everything that affects the binary.
+
+    python -m aot.build --relink DIR           (setup.py with FUSEDOPS_PREBUILT_AOT=DIR; no Triton needed)
+
+rewrites DIR/fusedops_kernels.cpp from DIR/manifest.json and DIR/kernels/, which an earlier build wrote on another
+machine or with another Triton (one kernel build serves wheels for several torch versions), after checking that
+they were built from this checkout's kernels, spec and tuning tables.
 """
 import argparse
 import concurrent.futures as futures
@@ -27,6 +33,19 @@ sys.path.insert(0, str(ROOT))
 from aot import spec  # noqa: E402
 
 CACHE_FORMAT = "7"  # bump when the compile recipe or what is read from its output changes
+# What the generated launchers need of each variant beyond what the manifest describes for people.
+LAUNCH_KEYS = ("cache_key", "num_warps", "runtime_args", "scratch_params", "scratch_align")
+
+
+def kernel_source_digest():
+    """A hash of the files that decide the kernels, their launch arguments and the rules: prebuilt kernels are
+    usable only with the sources they were built from."""
+    files = sorted({spec.KERNELS[k]["source"] for k in spec.KERNELS} | {"aot/spec.py"}
+                   | {str(p.relative_to(ROOT)) for p in (ROOT / "aot" / "tuning").glob("sm_*.json")})
+    digest = hashlib.sha256(CACHE_FORMAT.encode())
+    for name in files:
+        digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:24]
 
 
 def load_tuning_table(arch):
@@ -495,12 +514,13 @@ def build(out, cache, jobs, archs):
             dst = out / "kernels" / f"{v['name']}.{kind}"
             if not dst.exists() or dst.read_bytes() != src.read_bytes():
                 shutil.copyfile(src, dst)
-    manifest = dict(triton=triton.__version__, archs=archs, ops=list(spec.OPS), precisions=list(spec.PRECISIONS),
+    manifest = dict(triton=triton.__version__, source_digest=kernel_source_digest(), archs=archs,
+                    ops=list(spec.OPS), precisions=list(spec.PRECISIONS),
                     layouts=list(spec.LAYOUTS), variants=[{k: v[k] for k in (
                         "name", "arch", "op", "precision", "layout", "kernel", "config", "entry_name",
                         "shared_bytes", "scratch_bytes",
                         "registers", "stack_bytes", "local_bytes", "spills", "ptx_target", "wgmma_serial_reason",
-                        "wgmma_register_hazard", "tuning_table")}
+                        "wgmma_register_hazard", "tuning_table", *LAUNCH_KEYS)}
                         for v in built], rules=rules)
     write_if_changed(out / "manifest.json", json.dumps(manifest, indent=1))
     generate_cpp(built, rules, out)
@@ -509,13 +529,48 @@ def build(out, cache, jobs, archs):
     return out / "fusedops_kernels.cpp"
 
 
+def relink(out):
+    """Regenerate out/fusedops_kernels.cpp from the manifest and binaries a build wrote into out (perhaps elsewhere:
+    the .incbin paths are absolute). Refuses kernels built from other sources than this checkout's."""
+    out = Path(out).resolve()
+    manifest_path = out / "manifest.json"
+    if not manifest_path.is_file():
+        raise SystemExit(f"fusedops: FUSEDOPS_PREBUILT_AOT={out}: no manifest.json there; expected the --out "
+                         f"directory of `python -m aot.build`")
+    manifest = json.loads(manifest_path.read_text())
+    missing = [k for k in ("source_digest", "variants", "rules") if k not in manifest] + sorted(
+        {k for v in manifest.get("variants", []) for k in LAUNCH_KEYS if k not in v})
+    if missing:
+        raise SystemExit(f"fusedops: {manifest_path} lacks {missing}: it was written by an older aot/build.py; "
+                         f"rebuild the kernels")
+    if manifest["source_digest"] != kernel_source_digest():
+        raise SystemExit(f"fusedops: the kernels in {out} were built from other kernels/, aot/spec.py or "
+                         f"aot/tuning/ files than this checkout's (source digest {manifest['source_digest']}, here "
+                         f"{kernel_source_digest()}); rebuild them with `python -m aot.build --out {out}`")
+    absent = [f"{v['name']}.{kind}" for v in manifest["variants"] for kind in ("cubin", "ptx")
+              if not (out / "kernels" / f"{v['name']}.{kind}").is_file()]
+    if absent:
+        raise SystemExit(f"fusedops: {out / 'kernels'} lacks {len(absent)} of the binaries its manifest lists, "
+                         f"e.g. {absent[0]}")
+    generate_cpp(manifest["variants"], manifest["rules"], out)
+    print(f"fusedops AOT: relinked {len(manifest['variants'])} prebuilt variants for sm_"
+          f"{', sm_'.join(map(str, manifest['archs']))} (triton {manifest['triton']}) into "
+          f"{out / 'fusedops_kernels.cpp'}", flush=True)
+    return out / "fusedops_kernels.cpp"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "aot")
     parser.add_argument("--cache", type=Path, default=None, help="compile cache (default: <out>/../aot-cache)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--relink", type=Path, metavar="DIR", help="only regenerate DIR's C++ from its manifest "
+                        "and binaries (kernels built elsewhere); no compile, no Triton")
     args = parser.parse_args()
-    build(args.out, args.cache or args.out.parent / "aot-cache", args.jobs, spec.cuda_archs())
+    if args.relink:
+        relink(args.relink)
+    else:
+        build(args.out, args.cache or args.out.parent / "aot-cache", args.jobs, spec.cuda_archs())
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ With several files, a point measured in a later file replaces the earlier one (e
 A miss whose timed calls often began on an idle GPU (bench.timing's calls_after_idle: the host fell behind) says so:
 its median holds host time, and the point wants a re-run before it is read as the kernel's.
 """
+import argparse
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 BIG_M, BIG_M_MAX_RATIO = 256, 1 / 0.8
 SKINNY_M, SKINNY_M_MAX_RATIO = 64, 1.5
@@ -41,13 +43,23 @@ def misses(results):
     return {k: tuple(v) for k, v in cases.items()}
 
 
-def main(paths):
+def main(argv):
+    parser = argparse.ArgumentParser(prog="python -m bench.targets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", type=Path, help="bench_<stamp>.json files that bench.bench wrote")
+    paths = parser.parse_args(argv).results
     points = {}
     for path in paths:
-        for r in json.load(open(path))["results"]:
+        try:
+            rows = json.loads(path.read_text())["results"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            parser.error(f"{path}: not a bench results file ({type(e).__name__}: {e})")
+        for r in rows:
             points[(r.get("problem"), r["op"], r["dtype"], r["precision"], r["M"], r["N"], r["K"], r["contender"])] = r
-    results = list(points.values())
-    for (op, dtype, precision), (points, missed) in sorted(misses(results).items()):
+    cases = misses(list(points.values()))
+    if not cases:
+        print("no sweep points in these files (the seed problems have targets of their own: see bench.bench's table)")
+    for (op, dtype, precision), (points, missed) in sorted(cases.items()):
         print(f"{op:<20} {dtype:<5} {precision:<5} {len(missed):>2} of {points} points miss")
         for r in missed:
             print(f"    M {r['M']:>5} N {r['N']:>5} K {r['K']:>5}: {r['x_floor']:.2f}x the floor's time "

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build in place (no network), then the steps named as arguments.
 #   bash scripts/device_check.sh build gpu gpu89 demo tune probe ncu bench-quick bench-seed bench-sweep bench
+# relink instead of build: link the kernels another machine compiled (carry build/aot, e.g. from the Triton the
+# wheels are built with) against this machine's torch, without compiling them here (setup.py FUSEDOPS_PREBUILT_AOT).
 # PROBE_ARGS / NCU_PROBE_ARGS: arguments for bench.probe (e.g. --groups p41_ctas --rounds 3).
 # bench-seed + bench-sweep together are the full benchmark split in two (the seed problems with every
 # contender and torch.compile for fp16/bf16; the sweep against the cuBLAS floor with a shorter budget).
@@ -23,6 +25,14 @@ for s in "$@"; do
       python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
       python3 -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1 \
         || { tail -40 "$OUT/build.log"; exit 1; }
+      python3 -m fusedops info | head -5 ;;
+    relink)
+      step "relink (kernels carried in build/aot)"
+      nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+      python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+      FUSEDOPS_PREBUILT_AOT=build/aot python3 -m pip install --no-build-isolation --no-deps --no-index -e . \
+        > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+      grep -m1 relinked "$OUT/build.log"
       python3 -m fusedops info | head -5 ;;
     gpu)
       step "GPU suite (native arch)"

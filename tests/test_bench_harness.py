@@ -413,3 +413,13 @@ def test_sweep_targets_count_misses_and_later_files_replace_points(tmp_path):
     with contextlib.redirect_stdout(out):
         targets.main([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
     assert "1 of 4 points miss" in out.getvalue() and "M    64" in out.getvalue()
+
+
+def test_sweep_targets_name_a_file_that_is_not_a_results_file(tmp_path, capsys):
+    from bench import targets
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    for path in (tmp_path / "missing.json", tmp_path / "other.json"):
+        with pytest.raises(SystemExit) as exit_info:
+            targets.main([str(path)])
+        assert exit_info.value.code == 2
+        assert f"{path}: not a bench results file" in capsys.readouterr().err

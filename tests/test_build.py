@@ -1,5 +1,7 @@
-"""Properties of the build itself: no driver link, compile cache, generated code outside git."""
+"""Properties of the build itself: no driver link, compile cache, prebuilt kernels, generated code outside git."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +32,42 @@ def test_rebuild_without_changes_compiles_nothing(tmp_path):
                               str(a) for a in fusedops.build_info()["manifest"]["archs"])))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "(0 compiled," in proc.stdout, proc.stdout[-2000:]
+
+
+def test_prebuilt_kernels_relink_elsewhere_without_triton(tmp_path):
+    """FUSEDOPS_PREBUILT_AOT's step: kernels built in one place relink in another, with no Triton importable, into
+    the same C++ (only the .incbin paths move); kernels from other sources are refused, naming the reason."""
+    built = REPO / "build" / "aot"
+    if not (built / "manifest.json").is_file() or \
+            json.loads((built / "manifest.json").read_text()) != fusedops.build_info()["manifest"]:
+        pytest.skip("build/aot is not the installed library's build")
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(built, moved)
+    (moved / "fusedops_kernels.cpp").unlink()
+    no_triton = tmp_path / "no_triton"
+    (no_triton / "triton").mkdir(parents=True)
+    (no_triton / "triton" / "__init__.py").write_text("raise ImportError('triton is not installed')\n")
+    env = dict(os.environ, PYTHONPATH=str(no_triton))
+
+    def relink():
+        return subprocess.run([sys.executable, "-m", "aot.build", "--relink", str(moved)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    proc = relink()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    original = (built / "fusedops_kernels.cpp").read_text()
+    relinked = (moved / "fusedops_kernels.cpp").read_text()
+    assert str(moved.resolve() / "kernels") in relinked
+    assert relinked.replace(str(moved.resolve()), str(built.resolve())) == original
+
+    manifest = json.loads((moved / "manifest.json").read_text())
+    (moved / "manifest.json").write_text(json.dumps(dict(manifest, source_digest="0" * 24)))
+    proc = relink()
+    assert proc.returncode != 0 and "built from other kernels/" in proc.stderr, proc.stderr[-2000:]
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    (moved / "kernels" / f"{manifest['variants'][0]['name']}.cubin").unlink()
+    proc = relink()
+    assert proc.returncode != 0 and "lacks 1 of the binaries" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_generated_code_is_not_tracked():
