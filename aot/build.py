@@ -535,8 +535,8 @@ def relink(out):
     out = Path(out).resolve()
     manifest_path = out / "manifest.json"
     if not manifest_path.is_file():
-        raise SystemExit(f"fusedops: FUSEDOPS_PREBUILT_AOT={out}: no manifest.json there; expected the --out "
-                         f"directory of `python -m aot.build`")
+        raise SystemExit(f"fusedops: prebuilt kernels: {out} holds no manifest.json; expected the --out directory "
+                         f"of `python -m aot.build`")
     manifest = json.loads(manifest_path.read_text())
     missing = [k for k in ("source_digest", "variants", "rules") if k not in manifest] + sorted(
         {k for v in manifest.get("variants", []) for k in LAUNCH_KEYS if k not in v})

@@ -68,6 +68,9 @@ def test_prebuilt_kernels_relink_elsewhere_without_triton(tmp_path):
     (moved / "kernels" / f"{manifest['variants'][0]['name']}.cubin").unlink()
     proc = relink()
     assert proc.returncode != 0 and "lacks 1 of the binaries" in proc.stderr, proc.stderr[-2000:]
+    (moved / "manifest.json").unlink()
+    proc = relink()
+    assert proc.returncode != 0 and "holds no manifest.json" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_generated_code_is_not_tracked():
