@@ -6,6 +6,7 @@
 FUSEDOPS_CUDA_ARCHS="80;86;89;90" chooses the archs (default: aot/spec.py DEFAULT_ARCHS).
 FUSEDOPS_PREBUILT_AOT=DIR links the kernels `python -m aot.build --out DIR` compiled earlier (on another machine, with
 another Triton, for another torch) instead of compiling them; their archs are DIR's. This build then needs no Triton.
+DIR is absolute or relative to this source tree.
 """
 import json
 import os
@@ -20,7 +21,8 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = Path(__file__).resolve().parent
 PREBUILT_AOT = os.environ.get("FUSEDOPS_PREBUILT_AOT", "").strip()
-AOT_OUT = Path(PREBUILT_AOT).resolve() if PREBUILT_AOT else ROOT / "build" / "aot"
+# A relative DIR is taken from the source tree (pip runs setup.py there, not where it was called from).
+AOT_OUT = (ROOT / PREBUILT_AOT).resolve() if PREBUILT_AOT else ROOT / "build" / "aot"
 BASE_VERSION = re.search(r'"(.+)"', (ROOT / "fusedops" / "_version.py").read_text()).group(1)
 TORCH_RELEASE = torch.__version__.split("+")[0]
 TORCH_MAJOR_MINOR = ".".join(TORCH_RELEASE.split(".")[:2])
