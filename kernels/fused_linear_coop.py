@@ -168,10 +168,9 @@ def fused_linear_coop_kernel(
     my_tiles = gl.cdiv(num_tiles - first_tile, num_sms)
     k_steps = gl.cdiv(K, BLOCK_K)
     # one argument list; the two consumers' differ only in their choices (which half of the tile)
-    top = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, top_choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr,
-           var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms,
-           my_tiles, k_steps)
-    bottom = (x_desc, w_desc, x_bufs, w_bufs, ready, empty, bottom_choices, y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr,
-              var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym, has_bias, has_gamma, has_beta, eps, first_tile, num_sms,
-              my_tiles, k_steps)
+    ring = (x_desc, w_desc, x_bufs, w_bufs, ready, empty)
+    rest = (y_desc, y_bufs, y_ptr, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, M, N, stride_ym, has_bias,
+            has_gamma, has_beta, eps, first_tile, num_sms, my_tiles, k_steps)
+    top = ring + (top_choices, ) + rest
+    bottom = ring + (bottom_choices, ) + rest
     gl.warp_specialize([(loader, top), (consumer, top), (consumer, bottom)], [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
