@@ -35,12 +35,14 @@ from aot import spec  # noqa: E402
 CACHE_FORMAT = "7"  # bump when the compile recipe or what is read from its output changes
 # What the generated launchers need of each variant beyond what the manifest describes for people.
 LAUNCH_KEYS = ("cache_key", "num_warps", "runtime_args", "scratch_params", "scratch_align")
+# Every kernel's source, for each variant's cache key (a Gluon kernel imports the Triton helpers) and the digest.
+KERNEL_SOURCES = sorted({spec.KERNELS[k]["source"] for k in spec.KERNELS})
 
 
 def kernel_source_digest():
     """A hash of the files that decide the kernels, their launch arguments and the rules: prebuilt kernels are
     usable only with the sources they were built from."""
-    files = sorted({spec.KERNELS[k]["source"] for k in spec.KERNELS} | {"aot/spec.py"}
+    files = sorted({*KERNEL_SOURCES, "aot/spec.py"}
                    | {str(p.relative_to(ROOT)) for p in (ROOT / "aot" / "tuning").glob("sm_*.json")})
     digest = hashlib.sha256(CACHE_FORMAT.encode())
     for name in files:
@@ -163,8 +165,7 @@ def compile_variant(variant, cache_dir):
     full_signature = {n: ("constexpr" if n in constexprs else signature[n]) for n in names}
     runtime_args = [n for n in names if n not in constexprs]
 
-    sources = sorted({spec.KERNELS[k]["source"] for k in spec.KERNELS})  # a Gluon kernel imports the Triton helpers
-    key_src = json.dumps([CACHE_FORMAT, triton.__version__, [(ROOT / p).read_text() for p in sources],
+    key_src = json.dumps([CACHE_FORMAT, triton.__version__, [(ROOT / p).read_text() for p in KERNEL_SOURCES],
                           variant["arch"], full_signature, sorted(constexprs.items()),
                           sorted((str(k), v) for k, v in attrs.items()), config], sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
@@ -543,10 +544,11 @@ def relink(out):
     if missing:
         raise SystemExit(f"fusedops: {manifest_path} lacks {missing}: it was written by an older aot/build.py; "
                          f"rebuild the kernels")
-    if manifest["source_digest"] != kernel_source_digest():
+    here = kernel_source_digest()
+    if manifest["source_digest"] != here:
         raise SystemExit(f"fusedops: the kernels in {out} were built from other kernels/, aot/spec.py or "
                          f"aot/tuning/ files than this checkout's (source digest {manifest['source_digest']}, here "
-                         f"{kernel_source_digest()}); rebuild them with `python -m aot.build --out {out}`")
+                         f"{here}); rebuild them with `python -m aot.build --out {out}`")
     absent = [f"{v['name']}.{kind}" for v in manifest["variants"] for kind in ("cubin", "ptx")
               if not (out / "kernels" / f"{v['name']}.{kind}").is_file()]
     if absent:
