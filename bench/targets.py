@@ -59,8 +59,8 @@ def main(argv):
     cases = misses(list(points.values()))
     if not cases:
         print("no sweep points in these files (the seed problems have targets of their own: see bench.bench's table)")
-    for (op, dtype, precision), (points, missed) in sorted(cases.items()):
-        print(f"{op:<20} {dtype:<5} {precision:<5} {len(missed):>2} of {points} points miss")
+    for (op, dtype, precision), (n_points, missed) in sorted(cases.items()):
+        print(f"{op:<20} {dtype:<5} {precision:<5} {len(missed):>2} of {n_points} points miss")
         for r in missed:
             print(f"    M {r['M']:>5} N {r['N']:>5} K {r['K']:>5}: {r['x_floor']:.2f}x the floor's time "
                   f"({r['median_ms']:.4f} ms vs {r['floor_ms']:.4f}){idle_note(r.get('timing') or {})}")
