@@ -59,6 +59,23 @@ def cuda_include_dirs():
     return [str(p) for p in dirs]
 
 
+def check_shared_cxx_runtime(library):
+    """Refuse a library that carries its own copy of the C++ standard library (a compiler that links libstdc++
+    statically, or -static-libstdc++ in the flags) instead of the shared libstdc++.so.6 torch uses: streams and
+    locales then cross between two copies, and torch formatting a number into a stream this library made crashes
+    the process (a SIGSEGV in the first error message that prints a size)."""
+    import shutil
+    import subprocess
+    if sys.platform != "linux" or shutil.which("readelf") is None:
+        return
+    dynamic = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True, check=True).stdout
+    if "libstdc++.so" not in dynamic:
+        raise SystemExit(f"fusedops: {library.name} does not load the shared libstdc++.so.6 that torch uses: the "
+                         f"compiler ({os.environ.get('CXX', 'c++')}) linked a static copy of the C++ standard library "
+                         f"into it, and the two copies crash the process when they meet. Build with a compiler that "
+                         f"links libstdc++ dynamically, e.g. CXX=g++ (the system's), and without -static-libstdc++.")
+
+
 class BuildWithKernels(BuildExtension):
     def run(self):
         sys.path.insert(0, str(ROOT))
@@ -73,6 +90,8 @@ class BuildWithKernels(BuildExtension):
             if str(generated) not in ext.sources:
                 ext.sources.append(str(generated))
         super().run()
+        for ext in self.extensions:
+            check_shared_cxx_runtime(Path(self.get_ext_fullpath(ext.name)))
         for ext in self.extensions:  # what the package checks before it loads the binary
             info = Path(self.get_ext_fullpath(ext.name)).with_name("_build_info.json")
             info.write_text(json.dumps({"version": VERSION, "torch": torch.__version__,

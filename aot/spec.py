@@ -67,7 +67,8 @@ PRECISIONS = {
 
 # Layouts: "aligned" bakes in unit inner strides and 16-divisible sizes/strides/16-byte-aligned
 # pointers (wide vector loads); "generic" takes any strides. The runtime picks "aligned" only when
-# the call satisfies every assumption below (csrc/dispatch.cpp: is_aligned_call).
+# the call satisfies every assumption below and K > 0 (the TMA kernels' descriptors need non-empty
+# extents; csrc/dispatch.cpp: is_aligned_call).
 LAYOUTS = {
     "aligned": {
         "unit_strides": ["stride_xk", "stride_wk", "stride_yn"],

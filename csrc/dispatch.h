@@ -9,6 +9,11 @@
 
 namespace fusedops {
 
+// The largest M, N or K the CUDA kernels take: they index in int32 and round each extent up to whole tiles (at most
+// 1024 wide: aot/manifest.py MAX_TILE_EXTENT) or whole k-step sets, so an extent plus that rounding must stay below
+// 2^31. 2^31 - 4096 leaves room for every variant.
+constexpr int64_t kMaxKernelExtent = (int64_t{1} << 31) - 4096;
+
 // The arch whose binaries serve a device of this compute capability (89 for 8.9): the exact arch,
 // else the nearest lower arch of the same major; FUSEDOPS_FORCE_ARCH overrides (then PTX is used).
 // Throws a torch error listing the archs this build holds when none fits.
@@ -22,6 +27,10 @@ bool is_aligned_call(const LaunchArgs& a);
 
 // "<variant name> (cubin|ptx)" of this thread's latest launch, "" before any: lets tests see dispatch.
 std::string last_launch();
+
+// How many split-K tile-counter buffers (one per stream that ran a split-K variant) are kept now: lets tests see the
+// bound hold.
+int64_t tile_counter_buffers();
 
 // Picks the variant for this device and shape and launches it on the current stream of x's device.
 // x [M, K], weight [N, K] and y [M, N] are the tensors behind args.x_ptr, w_ptr and y_ptr: variants that read an

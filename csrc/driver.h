@@ -3,6 +3,8 @@
 #pragma once
 #include <cuda.h>
 
+#include <string>
+
 namespace fusedops {
 
 struct DriverApi {
@@ -10,19 +12,27 @@ struct DriverApi {
   decltype(&::cuGetErrorString) cuGetErrorString;
   decltype(&::cuCtxGetCurrent) cuCtxGetCurrent;
   decltype(&::cuCtxSetCurrent) cuCtxSetCurrent;
+  decltype(&::cuCtxPushCurrent) cuCtxPushCurrent;
+  decltype(&::cuCtxPopCurrent) cuCtxPopCurrent;
   decltype(&::cuDevicePrimaryCtxRetain) cuDevicePrimaryCtxRetain;
   decltype(&::cuDeviceGet) cuDeviceGet;
+  decltype(&::cuDeviceGetCount) cuDeviceGetCount;
   decltype(&::cuDeviceGetAttribute) cuDeviceGetAttribute;
   decltype(&::cuModuleLoadData) cuModuleLoadData;
+  decltype(&::cuModuleUnload) cuModuleUnload;
   decltype(&::cuModuleGetFunction) cuModuleGetFunction;
   decltype(&::cuFuncSetAttribute) cuFuncSetAttribute;
   decltype(&::cuLaunchKernel) cuLaunchKernel;
   decltype(&::cuOccupancyMaxActiveBlocksPerMultiprocessor) cuOccupancyMaxActiveBlocksPerMultiprocessor;
   decltype(&::cuStreamIsCapturing) cuStreamIsCapturing;
+  decltype(&::cuThreadExchangeStreamCaptureMode) cuThreadExchangeStreamCaptureMode;
 };
 
 // Loads the driver once (thread-safe); throws a torch error if it cannot.
 const DriverApi& driver();
+
+// "fusedops: <what> failed: <error name> (<description>)".
+std::string driver_error(CUresult result, const char* what);
 
 // Throws a torch error naming `what` and the driver's error if `result` is not CUDA_SUCCESS.
 void check_driver(CUresult result, const char* what);

@@ -53,6 +53,7 @@ struct Call {
 
 void check_vector(const Call& c, const char* name, const OptTensor& t, const c10::SymInt& n) {
   if (!t.has_value()) return;
+  TORCH_CHECK(t->defined(), c.op_name, ": argument '", name, "' must be a tensor; got None");
   TORCH_CHECK(t->dim() == 1 && t->sym_size(0) == n, c.op_name, ": argument '", name, "' must be a 1-D tensor of size N = ",
               n, " (weight.size(0)); got shape ", shape_str(*t));
   TORCH_CHECK(t->scalar_type() == at::kFloat || t->scalar_type() == c.x.scalar_type(), c.op_name, ": argument '",
@@ -64,6 +65,9 @@ void check_vector(const Call& c, const char* name, const OptTensor& t, const c10
 void check_call(const Call& c) {
   const at::Tensor& x = c.x;
   const at::Tensor& w = c.weight;
+  // (a Python None where the schema says Tensor arrives as an undefined tensor)
+  TORCH_CHECK(x.defined(), c.op_name, ": argument 'x' must be a tensor; got None");
+  TORCH_CHECK(w.defined(), c.op_name, ": argument 'weight' must be a tensor; got None");
   TORCH_CHECK(x.dim() >= 1, c.op_name, ": argument 'x' must have shape [..., K] (at least 1-D); got a 0-D tensor");
   TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
               c.op_name, ": argument 'x' must be float16, bfloat16 or float32; got ", x.scalar_type());
@@ -122,6 +126,7 @@ at::Tensor run_cpu(const Call& c) {
   auto f32 = [](const OptTensor& t) -> OptTensor { return t.has_value() ? OptTensor(t->to(at::kFloat)) : t; };
   const int64_t n = c.weight.size(0);
   at::Tensor y = at::linear(c.x.to(at::kFloat), c.weight.to(at::kFloat), f32(c.bias));
+  if (y.numel() == 0) return y.to(c.x.scalar_type());  // (no rows, or N = 0: nothing for BatchNorm to reshape)
   if (c.op == Op::linear_bn_gelu_relu) {
     y = at::batch_norm(y.reshape({-1, n}), f32(c.bn_weight), f32(c.bn_bias), f32(c.running_mean),
                        f32(c.running_var), /*training=*/false, /*momentum=*/0.0, c.eps, /*cudnn_enabled=*/false)
@@ -133,13 +138,14 @@ at::Tensor run_cpu(const Call& c) {
 
 at::Tensor run_cuda(const Call& c) {
   check_call(c);
-  at::Tensor y = at::empty_symint(output_shape(c), c.x.options());
   const int64_t K = c.x.size(-1);
   const int64_t N = c.weight.size(0);
   const int64_t M = c10::multiply_integers(c.x.sizes().begin(), c.x.sizes().end() - 1);
-  TORCH_CHECK(M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX, c.op_name,
-              ": M (rows of x), N and K must each be below 2^31 for the CUDA kernels; got M = ", M, ", N = ", N,
-              ", K = ", K);
+  // before allocating: an output too large for the kernels must fail with this message, not out of memory
+  TORCH_CHECK(M <= kMaxKernelExtent && N <= kMaxKernelExtent && K <= kMaxKernelExtent, c.op_name,
+              ": M (rows of x), N and K must each be at most 2^31 - 4096 = ", kMaxKernelExtent,
+              " for the CUDA kernels; got M = ", M, ", N = ", N, ", K = ", K);
+  at::Tensor y = at::empty_symint(output_shape(c), c.x.options());
   if (y.numel() == 0) return y;
   c10::cuda::CUDAGuard guard(c.x.device());
 
@@ -233,6 +239,7 @@ TORCH_LIBRARY(fusedops, m) {
   m.def("_build_info() -> str", &build_info);
   m.def("_arch_for_capability(int capability) -> int", &arch_for_capability_op);
   m.def("_last_launch() -> str", &last_launch);
+  m.def("_tile_counter_buffers() -> int", &tile_counter_buffers);
 }
 
 #define FUSEDOPS_IMPL_BACKEND(DispatchKey, run)                                   \

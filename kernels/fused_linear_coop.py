@@ -90,7 +90,8 @@ def consumer_rows(x_bufs, w_bufs, ready, empty, y_desc, y_buf, y_ptr, bias_ptr, 
             # the k-step before has retired: this consumer is done with its slot
             mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1, pred=kk > 0)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-        mbarrier.arrive(empty.index((first_step + k_steps - 1) % STAGES), count=1)
+        # the tile's last k-step has retired too (none when K is 0: then no slot was read and none is released)
+        mbarrier.arrive(empty.index((first_step + k_steps + STAGES - 1) % STAGES), count=1, pred=k_steps > 0)
         off_m, off_n = tile_origin(first_tile + t * num_sms, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         epilogue_store_by_quarters(acc, y_ptr, y_desc, y_buf, stride_ym, off_m + WHICH * HALF, off_n, M, N, bias_ptr,
                                    mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE,

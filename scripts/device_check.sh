@@ -12,6 +12,9 @@ set -u
 OUT=${OUT:-$PWD/device-logs}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# The system compiler, whose libstdc++ torch loads, for every build here (the tests build wheels too): the GPU image's
+# CXX (/opt/gcc) links a static copy of libstdc++, which crashes when it meets torch's, and setup.py refuses it.
+export CXX=g++ CC=gcc
 step() { echo "=== $1 ($(date +%T))"; }
 status=0
 NCU_METRICS=gpu__time_duration.sum,sm__cycles_elapsed.avg,launch__grid_size,launch__registers_per_thread,\
@@ -31,11 +34,12 @@ for s in "$@"; do
       python3 -m fusedops info | head -5 ;;
     gpu)
       step "GPU suite (native arch)"
-      python3 -m pytest ${GPU_TESTS:-tests} -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu_suite.log" | tail -25
+      python3 -m pytest ${GPU_TESTS:-tests} -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/gpu_suite.log" | tail -25
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     gpu89)
       step "GPU suite with FUSEDOPS_FORCE_ARCH=89 (sm_89 kernels from PTX)"
-      FUSEDOPS_FORCE_ARCH=89 python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider -k "not sanitizer" 2>&1 \
+      FUSEDOPS_FORCE_ARCH=89 python3 -m pytest tests/test_gpu.py tests/test_robustness.py -q -rs -p no:cacheprovider \
+        -k "not sanitizer" 2>&1 \
         | tee "$OUT/gpu_suite_sm89.log" | tail -15
       [ "${PIPESTATUS[0]}" = 0 ] || status=1 ;;
     demo)

@@ -1,4 +1,6 @@
 """The PyTorch composites the fused ops must match, and random problem makers."""
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -30,8 +32,8 @@ def linear_relu_ref(p, compute_dtype=torch.float32):
 def linear_bn_gelu_relu_ref(p, eps=1e-5, compute_dtype=torch.float32):
     c = lambda t: None if t is None else t.to(compute_dtype)  # noqa: E731
     y = F.linear(c(p["x"]), c(p["weight"]), c(p["bias"]))
-    n = y.shape[-1]
-    y = F.batch_norm(y.reshape(-1, n), c(p["running_mean"]), c(p["running_var"]), c(p["bn_weight"]),
+    rows, n = math.prod(y.shape[:-1]), y.shape[-1]  # (not reshape(-1, n): ambiguous when N is 0)
+    y = F.batch_norm(y.reshape(rows, n), c(p["running_mean"]), c(p["running_var"]), c(p["bn_weight"]),
                      c(p["bn_bias"]), training=False, eps=eps).reshape(y.shape)
     return torch.relu(F.gelu(y, approximate="none"))
 

@@ -20,6 +20,8 @@ def test_library_does_not_link_the_cuda_driver():
     assert needed, out
     assert not any("libcuda.so" in line for line in needed), needed
     assert not any("libtorch_python" in line for line in needed), "a C++ process must be able to load it"
+    # torch's own C++ runtime, not a static copy (two copies crash when their streams meet: setup.py refuses that)
+    assert any("libstdc++.so" in line for line in needed), needed
 
 
 def test_rebuild_without_changes_compiles_nothing(tmp_path):
@@ -38,12 +40,7 @@ def test_prebuilt_kernels_relink_elsewhere_without_triton(tmp_path):
     """FUSEDOPS_PREBUILT_AOT's step: kernels built in one place relink in another, with no Triton importable, into
     the same C++ (only the .incbin paths move); kernels from other sources are refused, naming the reason."""
     built = REPO / "build" / "aot"
-    if not (built / "manifest.json").is_file() or \
-            json.loads((built / "manifest.json").read_text()) != fusedops.build_info()["manifest"]:
-        pytest.skip("build/aot is not the installed library's build")
-    moved = tmp_path / "elsewhere"
-    shutil.copytree(built, moved)
-    (moved / "fusedops_kernels.cpp").unlink()
+    moved = prebuilt_copy(tmp_path)
     no_triton = tmp_path / "no_triton"
     (no_triton / "triton").mkdir(parents=True)
     (no_triton / "triton" / "__init__.py").write_text("raise ImportError('triton is not installed')\n")
@@ -71,6 +68,77 @@ def test_prebuilt_kernels_relink_elsewhere_without_triton(tmp_path):
     (moved / "manifest.json").unlink()
     proc = relink()
     assert proc.returncode != 0 and "holds no manifest.json" in proc.stderr, proc.stderr[-2000:]
+
+
+MALICIOUS_EDITS = {
+    # each: a field a manifest from elsewhere could carry, aimed at the generated C++ or assembler
+    "code in cache_key": (lambda v, m: v.update(cache_key='0" */ }\n#include <cstdlib>\nint x = system("id");//'),
+                          "cache_key must be 24 lowercase hex digits"),
+    "quote in name": (lambda v, m: v.update(name='linear_relu"\n.incbin "/etc/passwd'), "name must be letters"),
+    "code in runtime_args": (lambda v, m: v["runtime_args"].append("x_ptr)); system(\"id\"); ((void"),
+                             r"runtime_args\[\d+\] must be one of"),
+    "code in precision": (lambda v, m: v.update(precision="fp16, Layout::aligned}; int evil(){ return 0"),
+                          "precision must be one of"),
+    "code in entry_name": (lambda v, m: v.update(entry_name='f"; system("id'), "entry_name must be a C identifier"),
+    "string for a number": (lambda v, m: v.update(shared_bytes="0); system(\"id\"); (0"),
+                            "shared_bytes must be an integer"),
+    "bool for a number": (lambda v, m: v["config"].update(BLOCK_M=True), "BLOCK_M must be an integer"),
+    "rule out of range": (lambda v, m: m["rules"][0].update(variant=10**6), r"rules\[0\].variant must be"),
+    "rule of another op": (lambda v, m: m["rules"][0].update(op="linear_bn_gelu_relu" if v["op"] == "linear_relu"
+                                                             else "linear_relu", variant=0),
+                           r"rules\[0\] must be for the arch, op"),
+    "no sha256": (lambda v, m: v.pop("cubin_sha256"), "older aot/build.py"),
+}
+
+
+@pytest.mark.parametrize("edit", list(MALICIOUS_EDITS))
+def test_relink_refuses_a_malicious_manifest(tmp_path, edit):
+    """Prebuilt kernels are untrusted: a manifest field that would reach the generated C++ or assembler unchecked is
+    refused, naming the field, and no C++ is written."""
+    from aot import build
+    moved = prebuilt_copy(tmp_path)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    change, message = MALICIOUS_EDITS[edit]
+    change(manifest["variants"][0], manifest)
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match=message):
+        build.relink(moved)
+    assert not (moved / "fusedops_kernels.cpp").exists()
+
+
+def test_relink_refuses_a_tampered_binary(tmp_path):
+    """Every cubin and PTX file must have the sha256 the manifest records; one changed byte is refused."""
+    from aot import build
+    moved = prebuilt_copy(tmp_path)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    build.relink(moved)  # untouched: relinks
+    for kind in ("cubin", "ptx"):
+        path = moved / "kernels" / f"{manifest['variants'][-1]['name']}.{kind}"
+        original = path.read_bytes()
+        path.write_bytes(original[:100] + bytes([original[100] ^ 1]) + original[101:])
+        with pytest.raises(SystemExit, match="does not have the sha256 the manifest records"):
+            build.relink(moved)
+        path.write_bytes(original)
+
+
+def test_relink_refuses_a_directory_the_assembler_cannot_quote(tmp_path):
+    from aot import build
+    moved = prebuilt_copy(tmp_path)
+    odd = moved.rename(tmp_path / 'kernels "quoted"')
+    with pytest.raises(SystemExit, match="has a character the assembler's .incbin cannot quote"):
+        build.relink(odd)
+
+
+def prebuilt_copy(tmp_path):
+    """A copy of this checkout's build/aot without its generated C++, as prebuilt kernels arrive."""
+    built = REPO / "build" / "aot"
+    if not (built / "manifest.json").is_file() or \
+            json.loads((built / "manifest.json").read_text()) != fusedops.build_info()["manifest"]:
+        pytest.skip("build/aot is not the installed library's build")
+    moved = tmp_path / "prebuilt"
+    shutil.copytree(built, moved)
+    (moved / "fusedops_kernels.cpp").unlink()
+    return moved
 
 
 def test_generated_code_is_not_tracked():

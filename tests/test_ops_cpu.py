@@ -59,6 +59,10 @@ def test_empty_batch_and_empty_k(op):
     assert run_fused(op, p).shape == (2, 0, 3, 6)
     p = make_problem((3,), 6, 0, torch.float32)  # K = 0: the product is all zeros, epilogue of bias
     torch.testing.assert_close(run_fused(op, p), run_ref(op, p))
+    for m_shape in ((5,), (0,), (2, 3)):  # N = 0: an empty result, as F.linear gives (F.batch_norm raises there)
+        p = make_problem(m_shape, 0, 4, torch.float32)
+        out = run_fused(op, p)
+        assert out.shape == (*m_shape, 0) and out.dtype == torch.float32
 
 
 def test_nan_propagates_like_torch():
@@ -139,6 +143,12 @@ def bad_input_cases():
     yield "device", lambda: relu(x, w.to("meta"), b), "'weight' is on meta but x is on cpu"
     yield "vector device", lambda: relu(x, w, b.to("meta")), "'bias' is on meta but x is on cpu"
     yield "arch not built", lambda: torch.ops.fusedops._arch_for_capability(75), "this build holds sm_"
+    # a Python None where the schema says Tensor arrives in C++ as an undefined tensor
+    yield "x None", lambda: relu(None, w, b), "'x' must be a tensor; got None"
+    yield "weight None", lambda: relu(x, None, b), "'weight' must be a tensor; got None"
+    yield "running_mean None", lambda: bn(x, w, b, None, v, None, None, 1e-5), "'running_mean' must be a tensor"
+    yield "running_var None", lambda: bn(x, w, b, v, None, None, None, 1e-5), "'running_var' must be a tensor"
+    yield "eps NaN", lambda: bn(x, w, b, v, v, None, None, float("nan")), "'eps' must be >= 0; got nan"
 
 
 @pytest.mark.parametrize("case,call,message", list(bad_input_cases()), ids=[c[0] for c in bad_input_cases()])
