@@ -30,31 +30,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aot import manifest as manifest_checks, spec  # noqa: E402
+from aot import manifest as manifest_checks, spec, tables  # noqa: E402
 
 CACHE_FORMAT = "7"  # bump when the compile recipe or what is read from its output changes
 # Every kernel's source, for each variant's cache key (a Gluon kernel imports the Triton helpers) and the digest.
 KERNEL_SOURCES = sorted({spec.KERNELS[k]["source"] for k in spec.KERNELS})
 
 
+def digest_files():
+    """The files that decide the kernels, their launch arguments and the rules (the tuning rules, not their evidence),
+    relative to the checkout."""
+    return sorted({*KERNEL_SOURCES, "aot/spec.py"} | {str(p.relative_to(ROOT)) for p in tables.rule_files().values()})
+
+
 def kernel_source_digest():
-    """A hash of the files that decide the kernels, their launch arguments and the rules: prebuilt kernels are
-    usable only with the sources they were built from."""
-    files = sorted({*KERNEL_SOURCES, "aot/spec.py"}
-                   | {str(p.relative_to(ROOT)) for p in (ROOT / "aot" / "tuning").glob("sm_*.json")})
+    """A hash of digest_files(): prebuilt kernels are usable only with the sources they were built from."""
     digest = hashlib.sha256(CACHE_FORMAT.encode())
-    for name in files:
+    for name in digest_files():
         digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes() + b"\0")
     return digest.hexdigest()[:24]
-
-
-def load_tuning_table(arch):
-    """The tuning table for an arch: its own file, else the nearest arch that has one."""
-    tables = {int(p.stem[3:]): p for p in (ROOT / "aot" / "tuning").glob("sm_*.json")}
-    if not tables:
-        raise SystemExit("aot/tuning holds no sm_*.json tuning table")
-    source = arch if arch in tables else min(tables, key=lambda a: (abs(a - arch), a > arch))
-    return source, json.loads(tables[source].read_text())
 
 
 def plan_variants(archs):
@@ -113,7 +107,7 @@ def plan_variants(archs):
         return index[key]
 
     for arch in archs:
-        table_arch, table = load_tuning_table(arch)
+        table_arch, table = tables.load_rules(arch)
         for op in spec.OPS:
             for precision, (_, _, table_key) in spec.PRECISIONS.items():
                 op_rules = [r for r in table["rules"][table_key] if op in r.get("ops", [op])]

@@ -1,4 +1,5 @@
-"""Tune the tile configs of one arch on a real GPU and write its table, aot/tuning/sm_<arch>.json.
+"""Tune the tile configs of one arch on a real GPU and write its table: the rules to aot/tuning/sm_<arch>.json, the
+runs and timings behind them to aot/tuning/evidence/sm_<arch>.json (aot/tables.py).
 
     python -m bench.tune                 # on the GPU whose arch is being tuned (needs triton: a dev tool)
     python -m bench.tune --dry-run       # print the table instead of writing it
@@ -29,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aot import spec  # noqa: E402
+from aot import spec, tables  # noqa: E402
 from bench.bench import TOLERANCE, composite, rel_err  # noqa: E402
 
 # Shape buckets, in rule order (the first rule whose bounds hold wins at run time):
@@ -388,12 +389,11 @@ def main():
         raise SystemExit("bench.tune measures on a GPU; none is visible")
     major, minor = torch.cuda.get_device_capability()
     arch = major * 10 + minor
-    path = ROOT / "aot" / "tuning" / f"sm_{arch}.json"
-    table = json.loads(path.read_text()) if path.exists() else json.loads(
-        (ROOT / "aot" / "tuning" / "sm_90.json").read_text())
+    _, table = tables.load_rules(arch)  # (a new arch starts from the nearest arch's table)
+    evidence = dict(tables.load_evidence(arch), arch=arch)
     import triton
     measure = list(BUCKETS) if "all" in args.buckets else args.buckets
-    evidence = table.get("evidence_ms", {})
+    timings = evidence.setdefault("evidence_ms", {})
     for key in args.keys:
         _, _, candidates = CANDIDATES[key]
         rules = [r for r in table["rules"].get(key, []) if not set(r.get("ops", spec.OPS)) & set(args.ops)]
@@ -401,23 +401,21 @@ def main():
             configs = {}
             for name, (_, shapes) in BUCKETS.items():
                 if name in measure:
-                    configs[name], evidence[f"{key}/{op}/{name}"] = pick(
+                    configs[name], timings[f"{key}/{op}/{name}"] = pick(
                         op, key, name, shapes, with_incumbents(candidates[name], table, key, op, shapes))
                 else:
                     configs[name] = table_config(table, key, op, shapes[0])
             rules += rules_for(op, configs)
         table["rules"][key] = rules
         table["arch"] = arch
-        record_run(table.setdefault("runs", []), dict(
+        record_run(evidence.setdefault("runs", []), dict(
             date=str(datetime.date.today()), device=torch.cuda.get_device_name(), torch=torch.__version__,
             triton=triton.__version__, keys=[key], ops=args.ops, buckets=measure))
-        table["evidence_ms"] = evidence
-        text = json.dumps(table, indent=1) + "\n"
         if args.dry_run:
-            print(text)
+            print(tables.rules_text(table))
         else:  # after every key, so an interrupted run keeps what it finished
-            path.write_text(text)
-            print(f"wrote {path} ({key})", flush=True)
+            tables.write(arch, table, evidence)
+            print(f"wrote {tables.rules_path(arch)} and {tables.evidence_path(arch)} ({key})", flush=True)
 
 
 if __name__ == "__main__":

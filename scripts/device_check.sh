@@ -46,7 +46,8 @@ for s in "$@"; do
       step demo; python3 -m fusedops demo 2>&1 | tee "$OUT/demo.log" ;;
     tune)
       step tune; python3 -m bench.tune ${TUNE_ARGS:-} 2>&1 | tee "$OUT/tune.log" | grep -E "^\s+\S+\s+\S+\s+m<=\S+\s+\*|wrote"
-      cp aot/tuning/sm_9*.json "$OUT/" ;;
+      cp aot/tuning/sm_9*.json "$OUT/"
+      for f in aot/tuning/evidence/sm_9*.json; do cp "$f" "$OUT/evidence_$(basename "$f")"; done ;;
     bench-quick)
       step bench-quick; python3 -m bench.bench --quick --out "$OUT" 2>&1 | tee "$OUT/bench_quick.log" | tail -60 ;;
     bench-seed)

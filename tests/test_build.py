@@ -167,3 +167,25 @@ def test_gelu_tail_constants_meet_their_bound(out, degree, bound):
     clamp = getattr(fused_linear, f"GELU_TAIL_{out}_MAX").value
     assert fit.fp32_worst_error(constants, clamp) < bound
     assert fit.fp32_worst_error(constants[:-1] + [0.0], clamp) > 2 * bound  # it can fail
+
+
+def test_tuning_rules_apart_from_their_evidence(monkeypatch, tmp_path):
+    """The build reads aot/tuning/sm_<arch>.json (one rule per line, as aot/tables.py writes it) and hashes it into
+    the kernel source digest; the evidence beside it (aot/tuning/evidence/) is neither read nor hashed, so editing it
+    leaves prebuilt kernels usable. A rules file that carries evidence keys is refused."""
+    sys.path.insert(0, str(REPO))
+    from aot import build, tables
+    hashed = build.digest_files()
+    for arch, path in tables.rule_files().items():
+        _, table = tables.load_rules(arch)
+        assert path.read_text() == tables.rules_text(table), f"{path} is not in the one-rule-per-line form"
+        assert str(path.relative_to(REPO)) in hashed
+        assert tables.evidence_path(arch).is_file()
+        assert str(tables.evidence_path(arch).relative_to(REPO)) not in hashed
+    rules = tmp_path / "tuning"
+    shutil.copytree(tables.TUNING_DIR, rules)
+    monkeypatch.setattr(tables, "TUNING_DIR", rules)
+    _, table = tables.load_rules(90)
+    (rules / "sm_90.json").write_text(json.dumps(dict(table, runs=[])))
+    with pytest.raises(SystemExit, match=r"keys \['runs'\] belong in"):
+        tables.load_rules(90)

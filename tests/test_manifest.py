@@ -90,8 +90,8 @@ def test_knob_values_are_checked_and_named(monkeypatch):
     a count knob is named by its value in the variant tag (e.g. _split_k2), a 0/1 switch by its name."""
     import json
 
-    from aot import build
-    source, original = build.load_tuning_table(90)
+    from aot import build, tables
+    source, original = tables.load_rules(90)
 
     def table_with(config_update, kernel="tiled"):
         """The sm_90 table with its first fp32_tf32 rule's config replaced, as plan_variants will read it."""
@@ -100,7 +100,7 @@ def test_knob_values_are_checked_and_named(monkeypatch):
         rule["config"] = dict({k: rule["config"][k] for k in spec.CONFIG_KEYS}, **config_update)
         if kernel != "tiled":
             rule["config"]["KERNEL"] = kernel
-        monkeypatch.setattr(build, "load_tuning_table", lambda arch: (source, table))
+        monkeypatch.setattr(tables, "load_rules", lambda arch: (source, table))
 
     # the variant the edited rule (the first fp32_tf32 one) gets with VECTORS_FIRST: not in the shipped table
     edited = "fp32_tf32__sm90__aligned__m{BLOCK_M}n{BLOCK_N}k{BLOCK_K}g{GROUP_M}w{num_warps}s{num_stages}".format(
@@ -137,8 +137,8 @@ def test_gluon_kernel_rules_are_checked():
     """The wgmma kernel needs WEIGHT_FP16=1 and Hopper's wgmma (sm_90 only): a table asking otherwise fails the plan."""
     import json
 
-    from aot import build
-    source, original = build.load_tuning_table(90)
+    from aot import build, tables
+    source, original = tables.load_rules(90)
     shipped = next(r for r in original["rules"]["fp32_fp16"] if r["config"].get("KERNEL") == "wgmma")
 
     def plan_with(config_update, arch=90):
@@ -147,7 +147,7 @@ def test_gluon_kernel_rules_are_checked():
         rule["config"].update(config_update)
         build_tables = lambda a: (source, table)  # noqa: E731
         with pytest.MonkeyPatch.context() as m:
-            m.setattr(build, "load_tuning_table", build_tables)
+            m.setattr(tables, "load_rules", build_tables)
             return build.plan_variants([arch])
 
     variants, _ = plan_with({})
