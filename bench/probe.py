@@ -3,7 +3,7 @@
     python -m bench.probe                  # every group below
     python -m bench.probe --groups p41_half p76_tf32 --out /tmp/probe
 
-A development tool for PERF_NOTES.md (needs a GPU and triton), complementary to bench.tune: tune.py picks
+A development tool for docs/perf-log.md (needs a GPU and triton), complementary to bench.tune: tune.py picks
 table entries over whole shape buckets; this one answers one question at a time on one shape, and times
 each candidate twice, the two ways that disagreed in the past:
   back_to_back  bench.timing.time_cuda: calls queued back to back, median of per-call CUDA events
