@@ -443,21 +443,11 @@ def generate_cpp(manifest, out):
             "}",
         ]
     lines += ["", "const Variant kVariants[] = {"]
-    for i, v in enumerate(built):
-        c = v["config"]
-        lines.append(
-            f"  {{{cpp_string(v['name'])}, {v['arch']}, Op::{v['op']}, Precision::{v['precision']}, "
-            f"Layout::{v['layout']}, {c['BLOCK_M']}, {c['BLOCK_N']}, {c['BLOCK_K']}, {c['GROUP_M']}, "
-            f"{v['num_warps']}, {c['num_stages']}, {str(spec.KERNELS[v['kernel']]['persistent']).lower()}, "
-            f"{str(spec.KERNELS[v['kernel']]['cublas_gemm']).lower()}, "
-            f"{str(bool(c['WEIGHT_FP16'])).lower()}, {c['CTAS_PER_SM']}, {c.get('SPLIT_K', 1)}, "
-            f"{v['shared_bytes']}, {v['scratch_bytes']}, {v['scratch_align']}, {cpp_string(v['entry_name'])}, "
-            f"fusedops_v{i}_cubin, static_cast<size_t>(fusedops_v{i}_cubin_end - fusedops_v{i}_cubin - 1), "
-            f"reinterpret_cast<const char*>(fusedops_v{i}_ptx), &launch_v{i}}},")
+    lines += [designated(variant_fields(i, v)) for i, v in enumerate(built)]
     lines += ["};", f"const size_t kNumVariants = {len(built)};", "", "const Rule kRules[] = {"]
-    for r in rules:
-        lines.append(f"  {{{r['arch']}, Op::{r['op']}, Precision::{r['precision']}, Layout::{r['layout']}, "
-                     f"{r['max_m']}, {r['max_n']}, {r['max_k']}, {r['variant']}}},")
+    lines += [designated(dict(arch=r["arch"], op=f"Op::{r['op']}", precision=f"Precision::{r['precision']}",
+                              layout=f"Layout::{r['layout']}", max_m=r["max_m"], max_n=r["max_n"], max_k=r["max_k"],
+                              variant=r["variant"])) for r in rules]
     lines += ["};", f"const size_t kNumRules = {len(rules)};", ""]
     text = manifest_text(manifest)
     lines.append("const char* const kManifestJson =")
@@ -476,6 +466,32 @@ def generate_cpp(manifest, out):
         header.append("}")
     header += ["}  // namespace fusedops", ""]
     write_if_changed(out / "fusedops_spec.h", "\n".join(header))
+
+
+def cpp_bool(value):
+    return "true" if value else "false"
+
+
+def variant_fields(i, v):
+    """One kernel-table entry (csrc/kernel_table.h struct Variant), field by field, as C++ expressions."""
+    c, kernel = v["config"], spec.KERNELS[v["kernel"]]
+    blob = f"fusedops_v{i}"
+    return dict(
+        name=cpp_string(v["name"]), arch=v["arch"], op=f"Op::{v['op']}", precision=f"Precision::{v['precision']}",
+        layout=f"Layout::{v['layout']}", block_m=c["BLOCK_M"], block_n=c["BLOCK_N"], block_k=c["BLOCK_K"],
+        group_m=c["GROUP_M"], num_warps=v["num_warps"], num_stages=c["num_stages"],
+        persistent=cpp_bool(kernel["persistent"]), cublas_gemm=cpp_bool(kernel["cublas_gemm"]),
+        weight_fp16=cpp_bool(c["WEIGHT_FP16"]), ctas_per_sm=c["CTAS_PER_SM"], split_k=c.get("SPLIT_K", 1),
+        shared_bytes=v["shared_bytes"], scratch_bytes=v["scratch_bytes"], scratch_align=v["scratch_align"],
+        entry=cpp_string(v["entry_name"]), cubin=f"{blob}_cubin",
+        cubin_size=f"static_cast<size_t>({blob}_cubin_end - {blob}_cubin - 1)",
+        ptx=f"reinterpret_cast<const char*>({blob}_ptx)", launch=f"&launch_v{i}")
+
+
+def designated(fields):
+    """A C++ aggregate initializer naming each field ({.name = value, ...}): the compiler matches every value to its
+    field by name and refuses any out of declaration order, so a field added to the struct cannot shift the rest."""
+    return "  {" + ", ".join(f".{name} = {value}" for name, value in fields.items()) + "},"
 
 
 def manifest_text(manifest):

@@ -1,4 +1,5 @@
-// The shapes of the generated tables (build/aot/fusedops_kernels.cpp, written by aot/build.py).
+// The shapes of the generated tables (build/aot/fusedops_kernels.cpp, written by aot/build.py, which names every
+// field it fills: {.name = ..., .arch = ...}; a field added here must be filled there, in declaration order).
 #pragma once
 #include <cstddef>
 #include <cstdint>
