@@ -232,7 +232,7 @@ def cuobjdump():
 def read_wgmma_serial_reason(ptxas_log):
     """ptxas's reason for running a kernel's wgmma instructions one at a time, or None. The tensor cores then idle
     between wgmmas, which costs a Hopper main loop much of its speed, and only ptxas's report says so
-    (docs/perf-log.md v18). Recorded in the manifest; with A in registers it is what keeps a kernel correct (v19)."""
+    Recorded in the manifest; with A in registers it is what keeps a kernel correct."""
     m = re.search(r"wgmma\.mma_async instructions are serialized due to (.*?) in the function", ptxas_log)
     return m.group(1) if m else None
 
@@ -254,8 +254,8 @@ def read_wgmma_register_hazard(cubin, ptx):
 
     With A in registers (fp32 x rounded to fp16 on the fly), PTX forbids writing A's registers until a
     wgmma.wait_group covers that wgmma. Triton's own pipeliner can get this wrong: it waits with wgmmas still in
-    flight while the next k-step rounds new A values into the same registers (undefined: NaN seen on the H100,
-    docs/perf-log.md v19). So the build reads the SASS and follows every path from each register-A HGMMA (branches
+    flight while the next k-step rounds new A values into the same registers (undefined: NaN seen on the H100). So
+    the build reads the SASS and follows every path from each register-A HGMMA (branches
     and loop back-edges included) until a WARPGROUP.DEPBAR retires its group; a write to its A registers before
     that is a hazard."""
     if "wgmma.mma_async" not in ptx:
@@ -384,8 +384,7 @@ def check_limits(built):
                             f"sm_{v['arch']} has {spec.SHARED_MEMORY_PER_SM[v['arch']]} and {spec.REGISTERS_PER_SM}")
         if v["wgmma_register_hazard"]:
             problems.append(f"{v['name']}: {v['wgmma_register_hazard']} (wrong results possible): pick another config "
-                            f"in aot/tuning/{v['tuning_table']}, one whose wgmma waits for each other "
-                            f"(docs/perf-log.md v19)")
+                            f"in aot/tuning/{v['tuning_table']}, one whose wgmma waits for each other")
         if v["arch"] in spec.STRICT_ARCHS and v["spills"]:
             problems.append(f"{v['name']}: spills registers on sm_{v['arch']} ({v['registers']} registers, "
                             f"{v['stack_bytes']} stack bytes): shrink its tile in "

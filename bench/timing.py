@@ -42,7 +42,7 @@ _SLEEP_CYCLES_PER_MS = {}  # device index -> calibrated torch.cuda._sleep cycles
 SETTLE_MAX_CALLS = 2000
 # A timed call whose start event the GPU reached more than this long after the previous call's end event began on an
 # idle GPU: the host had not queued it in time, so its event pair may hold host latency, not only GPU time. Calls
-# queued back to back show 1-5 us between the two events on the H100 (session 12).
+# queued back to back show 1-5 us between the two events on the H100.
 IDLE_GAP_MS = 0.01
 
 

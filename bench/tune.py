@@ -38,23 +38,23 @@ from bench.bench import TOLERANCE, composite, rel_err  # noqa: E402
 BUCKETS = {
     # skinny M with few output columns (few W tiles to share out: deeper split-K) or a short K (a short loop per
     # program: no split) apart from the rest (TF32 M 1 x N 1024 x K 4096 1.61x, M 64 x N 4096 x K 1024 1.55x under
-    # one skinny rule, docs/perf-log.md v35)
+    # one skinny rule)
     "skinny_narrow": (dict(max_m=64, max_n=1024), [(1, 1024, 4096), (16, 1024, 4096), (64, 1024, 4096)]),
     # ... and at K <= 1024 the GEMV-like M <= 16 apart from M <= 64 (TF32 M 1 x N 4096 x K 1024: 1.6x under one rule)
     "tiny_short": (dict(max_m=16, max_k=1024), [(1, 4096, 1024), (16, 4096, 1024), (1, 8192, 1024)]),
     "skinny_short": (dict(max_m=64, max_k=1024), [(64, 4096, 1024), (32, 4096, 1024), (64, 8192, 1024)]),
     "skinny": (dict(max_m=64), [(16, 4096, 4096), (64, 4096, 4096), (16, 8192, 8192), (1, 4096, 4096)]),
     # few output tiles (M x N small, K long): big tiles would leave most of the SMs idle. M 256 has a quarter of
-    # M 1024's tiles, so the two get rules of their own (docs/perf-log.md v31)
+    # M 1024's tiles, so the two get rules of their own
     "narrow_short": (dict(max_m=256, max_n=1024), [(256, 1024, 4096), (128, 1024, 4096), (256, 1024, 1024)]),
     "narrow": (dict(max_m=1024, max_n=1024), [(1024, 1024, 4096), (512, 1024, 1024), (768, 1024, 4096)]),
     "mid": (dict(max_m=512, max_n=4096), [(256, 4096, 4096), (256, 4096, 1024), (512, 4096, 1024)]),
     # wide N at mid M: enough output tiles for bigger ones (M 256 x N 8192: 128x64 tiles 1.41x cuBLAS, 128x128
-    # 1.17x on the H200, docs/perf-log.md v28)
+    # 1.17x on the H200)
     "mid_wide": (dict(max_m=512), [(256, 8192, 8192), (128, 8192, 8192), (512, 8192, 8192)]),
     # M <= 1024 at K <= 1024 (in effect M 513-1024 x N > 1024: the buckets above take the rest): about one wave of the
     # big rule's 128x256 tiles (M 1024 x N 4096: 128 tiles on 132 SMs), each a short loop, so neither the epilogue nor
-    # the pipeline fill is amortised (fp16 BN 1.27x there, v40)
+    # the pipeline fill is amortised (fp16 BN 1.27x there under the big rule)
     "short": (dict(max_m=1024, max_k=1024), [(1024, 4096, 1024), (1024, 8192, 1024), (768, 4096, 1024)]),
     "big": (dict(), [(16384, 4096, 4096), (1024, 8192, 8192), (4096, 4096, 4096), (4096, 1024, 4096),
                      (16384, 4096, 1024)]),
@@ -97,7 +97,7 @@ def tma(*args, ws=False, slices=1, w16=False, ctas=1, **kw):
 
 def vectors_first(config):
     """The config with the epilogue's vectors loaded before the K loop (tiled kernel, no split-K): their latency
-    hides under the loop, for the registers they hold across it (docs/perf-log.md v34)."""
+    hides under the loop, for the registers they hold across it."""
     return dict(config, VECTORS_FIRST=1)
 
 
@@ -113,21 +113,21 @@ HALF_BIG = [cfg(128, 256, 64, 8, 3), cfg(128, 128, 64, 8, 4), cfg(128, 128, 64, 
             tma(128, 256, 64, 8, 3), tma(128, 128, 64, 8, 4), tma(128, 256, 64, 8, 4), tma(128, 128, 64, 4, 3),
             tma(128, 256, 64, 8, 3, ws=True), tma(128, 128, 64, 8, 4, ws=True),
             tma(128, 128, 64, 4, 3, slices=4, ctas=2),
-            # the same shared memory as 64 x 3 in finer stages: more of it in flight while one is consumed (v39)
+            # the same shared memory as 64 x 3 in finer stages: more of it in flight while one is consumed
             tma(128, 256, 32, 8, 5), tma(128, 256, 32, 8, 6)]
 FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 8, 3), cfg(64, 256, 32, 4, 4),
             cfg(256, 128, 32, 8, 3), cfg(128, 128, 32, 4, 3), cfg(128, 128, 32, 4, 4),
             tma(128, 128, 32, 8, 3), tma(128, 128, 32, 8, 4), tma(128, 128, 64, 8, 2),
             # a 128x256 fp32 output tile needs the split store to fit its staging buffer beside 3 stages
             tma(128, 256, 32, 8, 3, slices=2), tma(256, 128, 32, 8, 3, slices=2),
-            # a fourth stage in room made by 4 slices: bytes in flight for inputs rotated past the L2 (v39)
+            # a fourth stage in room made by 4 slices: bytes in flight for inputs rotated past the L2
             tma(128, 256, 32, 8, 4, slices=4), tma(256, 128, 32, 8, 4, slices=4),
-            # a loader warpgroup and two consumers per tile, as cuBLAS's TF32 kernel (session 10); its epilogue
-            # through shared memory and TMA (session 11)
+            # a loader warpgroup and two consumers per tile, as cuBLAS's TF32 kernel; its epilogue from the registers
+            # or through shared memory and TMA
             coop(128, 256, 32, 4), coop(128, 256, 32, 4, TMA_STORE=1)]
 # fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only. Candidates
-# whose register-A wgmma stay in flight across the conversions are refused (docs/perf-log.md v19): with triton 3.8 that
-# is every TMA one here; the Gluon kernel keeps one in flight safely (v25-v27).
+# whose register-A wgmma stay in flight across the conversions are refused (undefined results: NaN seen on the H100):
+# with triton 3.8 that is every TMA one here; the Gluon kernel keeps one in flight safely.
 FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32, 8, 4, slices=2, w16=True),
                             tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1),
                             cfg(128, 256, 32, 8, 4, WEIGHT_FP16=1), wgmma(128, 256, 64, 8, 3),
@@ -141,8 +141,8 @@ SKINNY_FP32_FEW = SKINNY_FP32 + [
     vectors_first(cfg(32, 32, 64, 4, 6)), vectors_first(cfg(64, 32, 64, 4, 4)), vectors_first(cfg(16, 32, 64, 4, 6))]
 # Few output tiles (M 256 x N 4096 x K 4096: 128 programs of 128x64) stream operands at ~45 GB/s per SM against
 # ~21 us for cuBLAS: neither tensor- nor DRAM-bound, so latency-bound (bytes in flight per SM); deep pipelines keep
-# ~190 KB in flight instead of 72-96 KB (docs/perf-log.md v30; wide tiles split over K lost, v29: the tile's last
-# program adds up every partial alone).
+# ~190 KB in flight instead of 72-96 KB (wide tiles split over K lose: the tile's last program adds up every partial
+# alone).
 DEEP_HALF = [cfg(128, 64, 64, 4, 8), cfg(128, 64, 128, 4, 4), cfg(64, 128, 64, 4, 8), cfg(128, 128, 64, 8, 6),
              tma(128, 64, 64, 4, 8), tma(128, 128, 64, 8, 6)]
 DEEP_FP32 = [cfg(128, 64, 32, 4, 8), cfg(64, 128, 32, 4, 8), cfg(128, 128, 32, 8, 6), tma(128, 128, 32, 8, 5)]
@@ -151,7 +151,7 @@ HALF_NARROW = [cfg(64, 64, 64, 4, 4), cfg(64, 64, 128, 4, 3), cfg(64, 32, 128, 4
                cfg(64, 64, 128, 4, 6), cfg(64, 64, 128, 4, 6, SPLIT_K=2), cfg(64, 32, 128, 4, 8), cfg(64, 64, 64, 4, 8),
                cfg(128, 64, 64, 4, 8), cfg(64, 128, 64, 4, 8), cfg(128, 64, 64, 4, 8, SPLIT_K=2),
                cfg(64, 128, 64, 4, 8, SPLIT_K=2), cfg(128, 128, 64, 8, 6, SPLIT_K=2),
-               # one tile per SM: the epilogue follows the loop; its vectors' latency (v34) and 8 warps to hide
+               # one tile per SM: the epilogue follows the loop; its vectors' latency and 8 warps to hide
                # its arithmetic latency
                vectors_first(cfg(64, 32, 128, 4, 8)), vectors_first(cfg(64, 128, 64, 4, 8)),
                vectors_first(cfg(64, 64, 128, 4, 6)), cfg(64, 128, 64, 8, 8), vectors_first(cfg(64, 128, 64, 8, 8))]
@@ -174,7 +174,7 @@ FP32_MID = [cfg(128, 128, 32, 4, 4), cfg(128, 128, 32, 8, 4), cfg(64, 128, 32, 4
             tma(64, 128, 32, 4, 4), tma(64, 128, 64, 4, 3), tma(128, 128, 32, 8, 4), *DEEP_FP32,
             vectors_first(cfg(64, 128, 32, 4, 8)), vectors_first(cfg(128, 64, 32, 4, 8))]
 # fp32 'ieee' on the FMA units (no tensor cores): register tiles of 16..128 accumulators per thread; or cuBLAS's SGEMM
-# and then the epilogue kernel in place (docs/perf-log.md v42; the tuner times it with TF32 off, as the op runs it)
+# and then the epilogue kernel in place (the tuner times it with TF32 off, as the op runs it)
 CUBLAS_THEN_EPILOGUE = cfg(32, 128, 32, 4, 1, kernel="cublas")
 IEEE_SKINNY = [cfg(64, 64, 32, 4, 3), cfg(16, 64, 128, 4, 3), cfg(32, 64, 64, 4, 3), cfg(16, 128, 64, 4, 3),
                cfg(16, 64, 128, 4, 3, SPLIT_K=4), cfg(16, 64, 64, 4, 3, SPLIT_K=8), cfg(32, 64, 64, 4, 3, SPLIT_K=4),
@@ -272,7 +272,7 @@ def tuning_inputs(op, dtype, shape):
 
 def time_config(op, dot, config, inputs):
     """do_bench median of one candidate, or inf when it cannot run here, computes a wrong result, or is a kernel the
-    AOT build would refuse (register-A wgmma left in flight: the result may be right by luck, docs/perf-log.md v19)."""
+    AOT build would refuse (register-A wgmma left in flight: the result may be right by luck)."""
     import tempfile
 
     import triton
@@ -343,7 +343,7 @@ def table_config(table, key, op, shape):
 
 def with_incumbents(candidates, table, key, op, shapes):
     """The bucket's candidates plus every config the current table gives one of its shapes: a re-measured bucket then
-    moves only to a config that beat, over its shapes, what they ran before (docs/perf-log.md v37)."""
+    moves only to a config that beat, over its shapes, what they ran before."""
     extra = []
     for shape in shapes:
         config = current_config(table, key, op, shape)  # (none for an op or key the table does not know yet)

@@ -5,7 +5,7 @@ cooperative), in Gluon (build-time only, like fused_linear.py).
 
 Why: cuBLAS's TF32 kernel has the same 128x256x32 tile as the TMA kernel in fused_linear.py but a different
 structure: one warpgroup only issues TMA loads, two only run wgmma and the epilogue (in the TMA kernel both warpgroups
-issue the loads and every warp waits on the barriers). Measured (docs/perf-log.md v44, v46): with TMA stores the tuner
+issue the loads and every warp waits on the barriers). Measured: with TMA stores the tuner
 picks it for TF32 at big M, both ops (TF32 BN at K 1024 5% over its register stores, relu level with the TMA
 kernel); fp16 / bf16 keep the TMA kernel (level with it at best).
 
@@ -16,7 +16,7 @@ Partitions (gl.warp_specialize), in each persistent program:
 A slot's `ready` barrier completes when its bytes have landed; its `empty` barrier when both consumers have retired
 the wgmma that read it (two arrivals). The consumers store the epilogue's result straight from their registers, or
 (TMA_STORE) a column quarter at a time through a shared-memory buffer each and a TMA store: for fp16 / bf16 outputs
-the register stores write half-sectors and made this kernel 25-35% slower than the TMA kernel (docs/perf-log.md v46).
+the register stores write half-sectors and made this kernel 25-35% slower than the TMA kernel.
 (The consumers are worker partitions because triton 3.6 cannot lower a tensor store in the default partition.)
 Partition arguments travel as IR values: a constexpr among them arrives as a runtime tensor (triton 3.6 and 3.8), so
 the partitions read the kernel's compile-time choices from the shape of `choices`, a tiny shared-memory buffer

@@ -5,7 +5,7 @@
 Why Gluon: x's tiles must be rounded to fp16 on their way to the tensor cores, so wgmma takes A from registers.
 PTX forbids writing those registers while a wgmma that reads them is in flight, and Triton's own pipeliner either
 waits for every wgmma (ptxas serialises: tensor cores idle between k-steps) or lets the next k-step overwrite them
-(undefined: NaN seen on the H100; docs/perf-log.md v18, v19). Here the waits are explicit: IN_FLIGHT + 1 k-steps per
+(undefined: NaN seen on the H100). Here the waits are explicit: IN_FLIGHT + 1 k-steps per
 loop turn, each rounding its x tile into its own register set, and `wait(IN_FLIGHT)` after each wgmma, so IN_FLIGHT
 wgmmas stay in flight while the next k-step's tile is loaded and rounded into a set none of them reads.
 
@@ -22,7 +22,7 @@ from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma_wait
 cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 # wgmmas left running while the next k-step's x tile is rounded. 2 (three register sets) makes ptxas serialise every
 # wgmma on triton 3.6 and 3.8 ("non wgmma instructions defining input registers of a wgmma between start and end of
-# the pipeline stage"), which is slower still (docs/perf-log.md v26).
+# the pipeline stage"), which is slower still.
 IN_FLIGHT = gl.constexpr(1)
 
 
@@ -69,7 +69,7 @@ def epilogue_store_by_quarters(acc, y_ptr, y_desc, y_buf, stride_ym, off_m, off_
                                gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps, EPILOGUE: gl.constexpr,
                                REORDERED_ROWS: gl.constexpr, TMA_STORE: gl.constexpr):
     """epilogue_store on an accumulator from wgmma, by quarters of its columns: a whole row of per-column vectors (5
-    loaded, 2 folded) beside a 128-register accumulator spills (1.5 GB of local-memory traffic at problem 41, v25)."""
+    loaded, 2 folded) beside a 128-register accumulator spills (1.5 GB of local-memory traffic at problem 41)."""
     ROWS: gl.constexpr = acc.shape[0]
     COLS: gl.constexpr = acc.shape[1]
     QUARTER: gl.constexpr = COLS // 4
@@ -116,7 +116,7 @@ def conflict_free_rows(x_tile):
     """x_tile [BLOCK_M, BLOCK_K] viewed with its rows reordered so that the wgmma A layout's shared loads are free of
     bank conflicts: within each 16-row slab, A-layout row 8h + l reads tile row 2l + h. In tile order, the 64-bit
     loads of a half warp (A rows l = 0..3) hit rows 0-3, whose 128-byte swizzle pairs them on the same banks (2-way
-    conflicts, half the x loads' wavefronts wasted: docs/perf-log.md v27); rows 0, 2, 4, 6 land on distinct banks.
+    conflicts, half the x loads' wavefronts wasted); rows 0, 2, 4, 6 land on distinct banks.
     The accumulator's rows come out in the same order: tile_rows gives each one's row of x and y."""
     BLOCK_M: gl.constexpr = x_tile.shape[0]
     BLOCK_K: gl.constexpr = x_tile.shape[1]

@@ -1,4 +1,4 @@
-"""Fit the GELU tail polynomials of kernels/fused_linear.py (`GELU_TAIL_<OUT>_*`; docs/perf-log.md v38, v41).
+"""Fit the GELU tail polynomials of kernels/fused_linear.py (`GELU_TAIL_<OUT>_*`).
 
     python3 scripts/fit_gelu_tail.py --out FP16 --degree 4 [--clamps 4.5 5.5 0.0625]   (numpy, scipy, torch; no GPU)
 
@@ -36,8 +36,8 @@ def fit(degree, clamp, points=4000):
 
 def fp32_worst_error(coefficients, clamp):
     """The kernel's arithmetic in fp32 (min, Horner, 2^, one fused v - t * h) against fp64, over v in (0, 12], with
-    an exact 2^x: the GPU's ex2.approx (2 ulp) adds up to ~0.6e-7 (4.2e-7 measured on the H100 for the fp32 set,
-    docs/perf-log.md v41). Uses torch only, so the CPU tests can check the kernel's constants with it."""
+    an exact 2^x: the GPU's ex2.approx (2 ulp) adds up to ~0.6e-7 (4.2e-7 measured on the H100 for the fp32 set).
+    Uses torch only, so the CPU tests can check the kernel's constants with it."""
     import torch
     v = torch.linspace(0, 12, 400001, dtype=torch.float32)[1:]
     t = v.clamp(max=clamp)

@@ -297,9 +297,8 @@ def test_epilogue_value_by_value_and_special_values(op, dtype, precision, m, n):
     identity), so the epilogue arithmetic (the GELU tail polynomial included) is checked value by value over
     [-12, 12], and at NaN, +-inf, +-0, tiny and huge values, in the variant the tables name for each call (checked;
     on sm_90 these shapes reach split-K, unsplit tiled and persistent TMA / Gluon kernels wherever a precision's
-    table has them). fp32 outputs: within 1e-6 relative of fp64 (4.2e-7 was the worst seen on the H100, docs/perf-log.md
-    v41); half outputs: within one unit in the last place of the rounded fp64 value (their polynomials are shorter:
-    v41). NaN where torch gives NaN, +0 for negative values."""
+    table has them). fp32 outputs: within 1e-6 relative of fp64 (4.2e-7 was the worst seen on the H100); half outputs:
+    within one unit in the last place of the rounded fp64 value (their polynomials are shorter). NaN where torch gives NaN, +0 for negative values."""
     k = 64
     grid = torch.linspace(-12, 12, n - len(EPILOGUE_SPECIAL_VALUES), dtype=torch.float64)
     pre = torch.cat([torch.tensor(EPILOGUE_SPECIAL_VALUES, dtype=torch.float64), grid]).float().double()
