@@ -277,7 +277,7 @@ def time_config(op, dot, config, inputs):
 
     import triton
 
-    from aot import build
+    from aot import sass
 
     x, w, vec, ref = inputs
     y = torch.full(ref.shape, float("nan"), device="cuda", dtype=x.dtype)
@@ -291,7 +291,7 @@ def time_config(op, dot, config, inputs):
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(run.compiled.asm["cubin"])
-        hazard = build.read_wgmma_register_hazard(cubin, run.compiled.asm["ptx"])
+        hazard = sass.read_wgmma_register_hazard(cubin, run.compiled.asm["ptx"])
     if hazard:
         print(f"    {config} refused: {hazard}", flush=True)
         return math.inf

@@ -60,7 +60,7 @@ def test_variant_metadata_is_complete():
 
 def test_binary_matches_tuning_tables():
     """The rules in the binary are exactly the tuning tables' rules (one source of truth)."""
-    from aot.build import plan_variants
+    from aot.plan import plan_variants
     variants, rules = plan_variants(MANIFEST["archs"])
     assert [v["name"] for v in variants] == [v["name"] for v in MANIFEST["variants"]]
     assert rules == MANIFEST["rules"]
@@ -75,14 +75,14 @@ def test_build_info_names_versions():
 
 def test_sm89_build_gate_rejects_spills(monkeypatch):
     """The build's limit check fails with a message naming the variant and the table to fix."""
-    from aot import build
+    from aot import compiler
     bad = dict(MANIFEST["variants"][0], arch=89, spills=True, registers=255, stack_bytes=112,
                static_shared_bytes=0, tuning_table="sm_89.json")
     with pytest.raises(SystemExit, match="spills registers on sm_89"):
-        build.check_limits([bad])
+        compiler.check_limits([bad])
     big = dict(bad, spills=False, shared_bytes=120 * 1024)
     with pytest.raises(SystemExit, match="allows 101376"):
-        build.check_limits([big])
+        compiler.check_limits([big])
 
 
 def test_knob_values_are_checked_and_named(monkeypatch):
@@ -90,7 +90,7 @@ def test_knob_values_are_checked_and_named(monkeypatch):
     a count knob is named by its value in the variant tag (e.g. _split_k2), a 0/1 switch by its name."""
     import json
 
-    from aot import build, tables
+    from aot import plan, tables
     source, original = tables.load_rules(90)
 
     def table_with(config_update, kernel="tiled"):
@@ -105,39 +105,39 @@ def test_knob_values_are_checked_and_named(monkeypatch):
     # the variant the edited rule (the first fp32_tf32 one) gets with VECTORS_FIRST: not in the shipped table
     edited = "fp32_tf32__sm90__aligned__m{BLOCK_M}n{BLOCK_N}k{BLOCK_K}g{GROUP_M}w{num_warps}s{num_stages}".format(
         **original["rules"]["fp32_tf32"][0]["config"]) + "_vectors_first"
-    assert not any(v["name"].endswith(edited) for v in build.plan_variants([90])[0])
+    assert not any(v["name"].endswith(edited) for v in plan.plan_variants([90])[0])
     table_with({"SPLIT_K": 2})
-    variants, _ = build.plan_variants([90])
+    variants, _ = plan.plan_variants([90])
     assert any(v["name"].endswith("_split_k2") and v["config"]["SPLIT_K"] == 2 for v in variants)
     table_with({"SPLIT_K": 5})
     with pytest.raises(SystemExit, match="SPLIT_K must be one of"):
-        build.plan_variants([90])
+        plan.plan_variants([90])
     table_with({"VECTORS_FIRST": 1})
-    variants, _ = build.plan_variants([90])
+    variants, _ = plan.plan_variants([90])
     assert any(v["name"].endswith(edited) and v["config"]["VECTORS_FIRST"] == 1 for v in variants)
     table_with({"VECTORS_FIRST": 1, "SPLIT_K": 2})
     with pytest.raises(SystemExit, match="VECTORS_FIRST applies only without split-K"):
-        build.plan_variants([90])
+        plan.plan_variants([90])
     table_with({"VECTORS_FIRST": 1}, kernel="tma")  # a knob of another kernel is refused, not ignored
     with pytest.raises(SystemExit, match=r"sets \['VECTORS_FIRST'\], which KERNEL 'tma' does not take"):
-        build.plan_variants([90])
+        plan.plan_variants([90])
     table_with({"CTAS_PER_SM": 2})
     with pytest.raises(SystemExit, match="CTAS_PER_SM applies only to persistent kernels"):
-        build.plan_variants([90])
+        plan.plan_variants([90])
     table_with({"CTAS_PER_SM": 2, "EPILOGUE_SLICES": 4}, kernel="tma")
-    variants, _ = build.plan_variants([90])
+    variants, _ = plan.plan_variants([90])
     assert any(v["name"].endswith("_epilogue_slices4_ctas_per_sm2") for v in variants)
     # the Gluon kernel serves fp32 x on fp16 tensor cores only (this rule is TF32), with the weight rounded once
     table_with({"WEIGHT_FP16": 1}, kernel="wgmma")
     with pytest.raises(SystemExit, match="KERNEL 'wgmma' serves DOT"):
-        build.plan_variants([90])
+        plan.plan_variants([90])
 
 
 def test_gluon_kernel_rules_are_checked():
     """The wgmma kernel needs WEIGHT_FP16=1 and Hopper's wgmma (sm_90 only): a table asking otherwise fails the plan."""
     import json
 
-    from aot import build, tables
+    from aot import plan, tables
     source, original = tables.load_rules(90)
     shipped = next(r for r in original["rules"]["fp32_fp16"] if r["config"].get("KERNEL") == "wgmma")
 
@@ -148,7 +148,7 @@ def test_gluon_kernel_rules_are_checked():
         build_tables = lambda a: (source, table)  # noqa: E731
         with pytest.MonkeyPatch.context() as m:
             m.setattr(tables, "load_rules", build_tables)
-            return build.plan_variants([arch])
+            return plan.plan_variants([arch])
 
     variants, _ = plan_with({})
     assert any(v["kernel"] == "wgmma" and v["config"]["BLOCK_K"] == shipped["config"]["BLOCK_K"] for v in variants)
@@ -160,40 +160,40 @@ def test_gluon_kernel_rules_are_checked():
 
 def test_two_programs_per_sm_must_fit_one_sm():
     """CTAS_PER_SM = 2 fails the build when two blocks' shared memory or registers exceed one SM's."""
-    from aot import build
+    from aot import compiler
     tma = next(v for v in MANIFEST["variants"] if v["kernel"] == "tma")
     two = dict(tma, config=dict(tma["config"], CTAS_PER_SM=2), spills=False, static_shared_bytes=1024,
                shared_bytes=110 * 1024, registers=200, num_warps=4)
-    build.check_limits([two])  # 2 x (110 KB + 2 KB) and 2 x 200 x 128 registers fit an H100 SM
+    compiler.check_limits([two])  # 2 x (110 KB + 2 KB) and 2 x 200 x 128 registers fit an H100 SM
     with pytest.raises(SystemExit, match="CTAS_PER_SM=2 needs"):
-        build.check_limits([dict(two, shared_bytes=114 * 1024)])
+        compiler.check_limits([dict(two, shared_bytes=114 * 1024)])
     with pytest.raises(SystemExit, match="CTAS_PER_SM=2 needs"):
-        build.check_limits([dict(two, num_warps=8)])
+        compiler.check_limits([dict(two, num_warps=8)])
 
 
 def test_wgmma_serialisation_is_read_from_the_ptxas_report():
     """The build reads ptxas's own report (Triton's -v run) for the reason it serialises a kernel's wgmma."""
-    from aot import build
+    from aot import compiler
     report = ("ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized due to "
               "non wgmma instructions defining accumulator registers of a wgmma between start and end of the pipeline "
               "stage in the function 'fused_linear_tma_kernel'\nptxas info    : Used 255 registers\n")
-    assert build.read_wgmma_serial_reason(report) == ("non wgmma instructions defining accumulator registers of a wgmma "
+    assert compiler.read_wgmma_serial_reason(report) == ("non wgmma instructions defining accumulator registers of a wgmma "
                                                       "between start and end of the pipeline stage")
-    assert build.read_wgmma_serial_reason("ptxas info    : Used 168 registers, used 1 barriers\n") is None
+    assert compiler.read_wgmma_serial_reason("ptxas info    : Used 168 registers, used 1 barriers\n") is None
 
 
 def test_register_a_wgmma_left_in_flight_fails_the_build(tmp_path, monkeypatch):
     """A kernel whose wgmma reads A from registers and that waits with wgmmas still in flight may overwrite their
     A registers (undefined: NaN seen on the H100): the SASS reader names it and the build's limit check refuses it."""
-    from aot import build
+    from aot import compiler, sass as sass_checks
     fake = tmp_path / "cuobjdump"
-    monkeypatch.setattr(build, "cuobjdump", lambda: str(fake))
+    monkeypatch.setattr(sass_checks, "cuobjdump", lambda: str(fake))
 
     def sass(*lines):
         fake.write_text("#!/bin/sh\ncat <<'EOF'\n" + "\n".join(f"        /*{16 * i:04x}*/  {line} ;" for i, line in
                                                               enumerate(lines)) + "\nEOF\n")
         fake.chmod(0o755)
-        return build.read_wgmma_register_hazard(tmp_path / "k.cubin", "wgmma.mma_async.sync.aligned ...")
+        return sass_checks.read_wgmma_register_hazard(tmp_path / "k.cubin", "wgmma.mma_async.sync.aligned ...")
 
     convert = "F2FP.F16.F32.PACK_AB R{}, R1, R2"
     wgmma = "HGMMA.64x256x16.F32 R24, R{}, gdesc[UR4], R24, gsb0"
@@ -220,12 +220,12 @@ def test_register_a_wgmma_left_in_flight_fails_the_build(tmp_path, monkeypatch):
     assert sass(convert.format(152), "HGMMA.64x256x16.F32 R24, gdesc[UR4], R24, gsb0", one_in_flight, loop_back,
                 "EXIT") is None  # A from shared memory
     assert sass(wgmma.format(152), "BRX R4 -0x10", "EXIT").startswith("SASS not analysable")
-    assert build.read_wgmma_register_hazard(tmp_path / "k.cubin", "mma.sync.aligned ...") is None  # no wgmma
+    assert sass_checks.read_wgmma_register_hazard(tmp_path / "k.cubin", "mma.sync.aligned ...") is None  # no wgmma
     bad = dict(MANIFEST["variants"][0], arch=90, wgmma_register_hazard="register-A HGMMA at 0x10 reads R152-R155, "
                "which F2FP.F16.F32.PACK_AB at 0x0 overwrites before a wait retires it", spills=False,
                static_shared_bytes=0, tuning_table="sm_90.json")
     with pytest.raises(SystemExit, match="wrong results possible"):
-        build.check_limits([bad])
+        compiler.check_limits([bad])
 
 
 def test_hazard_check_flags_real_compiler_output(tmp_path):
@@ -234,7 +234,7 @@ def test_hazard_check_flags_real_compiler_output(tmp_path):
     alike); the Gluon kernel the sm_90 table ships for the same op keeps one in flight too, but
     rounds the next k-step into the other register set, and passes."""
     pytest.importorskip("triton")
-    from aot import build
+    from aot import compiler, sass as sass_checks
     shipped = next(v for v in MANIFEST["variants"] if (v["arch"], v["op"], v["precision"], v["layout"], v["kernel"])
                    == (90, "linear_relu", "fp32_fp16", "aligned", "wgmma"))
     assert shipped["wgmma_serial_reason"] is None  # ptxas pipelines it
@@ -242,12 +242,12 @@ def test_hazard_check_flags_real_compiler_output(tmp_path):
     cubin = REPO / "build" / "aot" / "kernels" / f"{shipped['name']}.cubin"
     if not cubin.exists():
         pytest.skip(f"{cubin} is not here (the library was built elsewhere)")
-    sass = subprocess.run([build.cuobjdump(), "--dump-sass", str(cubin)], check=True, capture_output=True,
+    sass = subprocess.run([sass_checks.cuobjdump(), "--dump-sass", str(cubin)], check=True, capture_output=True,
                           text=True).stdout
-    assert build.HGMMA_REGISTER_A.search(sass)
-    assert build.find_wgmma_register_hazard(sass) is None
+    assert sass_checks.HGMMA_REGISTER_A.search(sass)
+    assert sass_checks.find_wgmma_register_hazard(sass) is None
     pipelined = dict(shipped, kernel="tma", name="hazard_probe",
                      config=dict(shipped["config"], num_stages=3, FLATTEN=0, WARP_SPECIALIZE=0, EPILOGUE_SLICES=1))
-    built = build.compile_variant(pipelined, str(tmp_path))
+    built = compiler.compile_variant(pipelined, str(tmp_path))
     assert "overwrites before a wait retires it" in built["wgmma_register_hazard"]
     assert built["wgmma_serial_reason"] is None  # ptxas's report came through: it pipelines this one
