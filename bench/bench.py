@@ -50,8 +50,8 @@ clock swings between ~1.4 and 1.98 GHz, so a contender timed in one block would 
 place in the order.
 
 Correctness: before timing, every contender's result on the first input set is compared with the eager fp32
-composite at 'highest' precision on the same (upcast) inputs: rel err = ||out - ref|| / ||ref||. Bounds: 1e-4 for
-ieee, 1e-2 otherwise; "FAIL" marks a result over its bound (a non-finite one too), "ERROR" a contender that raised.
+composite at 'highest' precision on the same (upcast) inputs: rel err = ||out - ref|| / ||ref||. Bounds: the
+contender column of fusedops.reference.TOLERANCE (1e-4 for ieee, 1e-2 otherwise); "FAIL" marks a result over its bound (a non-finite one too), "ERROR" a contender that raised.
 Nothing aborts the run. cublas rows are the bare GEMM and are not checked.
 
 Output: a table of every row (median ms; TFLOP/s = 2*M*N*K / time; "x floor" = contender time / cublas time at the
@@ -83,26 +83,24 @@ from typing import Dict, List, Optional, Sequence
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script (python bench/bench.py): make `bench` importable
     sys.path.insert(0, str(REPO_ROOT))
+from fusedops import reference  # noqa: E402  (the composites, seed problems and tolerances every check shares)
+
+SEED_PROBLEMS = reference.SEED_PROBLEMS
 DEFAULT_OUT = REPO_ROOT / "bench" / "results"
 
 OPS = ("linear_bn_gelu_relu", "linear_relu")
 DTYPES = ("fp16", "bf16", "fp32")
-SEED_PROBLEMS = (
-    # name, op, M, K, N (inputs fp32 in the seed documents)
-    ("problem 41", "linear_bn_gelu_relu", 16384, 4096, 4096),
-    ("problem 76", "linear_relu", 1024, 8192, 8192),
-)
 SWEEP_M = (1, 16, 64, 256, 1024, 4096, 16384)
 SWEEP_NK = ((4096, 4096), (8192, 8192), (1024, 4096), (4096, 1024))
 QUICK_M = (16, 1024, 16384)
 QUICK_NK = ((4096, 4096),)
 QUICK_DTYPES = ("fp16",)
-# Relative-error bound against the fp32 'highest' composite, per precision class.
-TOLERANCE = {"ieee": 1e-4, "tf32": 1e-2, "fp16": 1e-2, "bf16": 1e-2}
+# Relative-error bound of any contender against the fp32 'highest' composite, per precision class of a row.
+TOLERANCE = {cls: reference.TOLERANCE[name].contender
+             for cls, name in (("ieee", "fp32_ieee"), ("tf32", "fp32_tf32"), ("fp16", "fp16"), ("bf16", "bf16"))}
 # Seed document prefix and the wrapper each defines, per op.
 SEED_FILES = {"linear_bn_gelu_relu": ("000_", "fused_linear_bn_gelu_relu"),
               "linear_relu": ("001_", "fused_linear_relu")}
-EPS = 1e-5
 VECTORS = ("b", "mean", "var", "gamma", "beta")  # the epilogue vectors, in the composite's argument order
 SEED_TARGET = 1.10  # the issue's bound for fp16/bf16 fusedops at the seed problems: time / cuBLAS floor
 INPUT_BUDGET_BYTES = 8 << 30
@@ -574,20 +572,12 @@ def matmul_precision(precision: str):
 
 
 def composite(op):
-    """The eager PyTorch composite: f(x, w, b, mean, var, gamma, beta)."""
-    import torch
-    import torch.nn.functional as F
-
-    if op == "linear_relu":
-        def linear_relu(x, w, b, mean=None, var=None, gamma=None, beta=None):
-            return torch.relu(F.linear(x, w, b))
-        return linear_relu
-
-    def linear_bn_gelu_relu(x, w, b, mean, var, gamma, beta):
-        y = F.linear(x, w, b)
-        y = F.batch_norm(y, mean, var, gamma, beta, training=False, eps=EPS)
-        return torch.relu(F.gelu(y))
-    return linear_bn_gelu_relu
+    """fusedops.reference.composite for one op, as f(x, w, b, mean, var, gamma, beta): a function of its own, which
+    with_own_code can copy (torch.compile keeps one cache per code object)."""
+    def fn(x, w, b, mean=None, var=None, gamma=None, beta=None):
+        return reference.composite(op, x, w, b, mean, var, gamma, beta)
+    fn.__name__ = op
+    return fn
 
 
 class CaseData:
@@ -665,14 +655,12 @@ def make_callables(spec: Spec, case: Case, data: CaseData, seeds: Dict[str, dict
         return [("mm", lambda x, w: torch.mm(x, w.t())), ("addmm", lambda x, w: torch.addmm(b, x, w.t()))]
 
     if fam == "fusedops":
-        if state.get("fusedops_error"):
-            raise RuntimeError(state["fusedops_error"])
         import fusedops
         kw = {"precision": p} if case.dtype == "fp32" else {}
         b, mean, var, gamma, beta = (v32[k] for k in VECTORS)
         if relu:
             return [("", lambda x, w: fusedops.linear_relu(x, w, b, **kw))]
-        return [("", lambda x, w: fusedops.linear_bn_gelu_relu(x, w, b, mean, var, gamma, beta, EPS, **kw))]
+        return [("", lambda x, w: fusedops.linear_bn_gelu_relu(x, w, b, mean, var, gamma, beta, reference.EPS, **kw))]
 
     if fam == "eager":
         if spec.variant == "from_fp32":
@@ -702,23 +690,13 @@ def make_callables(spec: Spec, case: Case, data: CaseData, seeds: Dict[str, dict
         fn = entry["wrapper"]
         if case.op == "linear_bn_gelu_relu":
             bn = types.SimpleNamespace(running_mean=v32["mean"], running_var=v32["var"], weight=v32["gamma"],
-                                       bias=v32["beta"], eps=EPS)
+                                       bias=v32["beta"], eps=reference.EPS)
             b32 = v32["b"]
             return [("", lambda x, w: fn(x, types.SimpleNamespace(weight=w, bias=b32), bn))]
         b = vd["b"]  # ModelNew keeps the bias as a parameter of the model's dtype
         return [("", lambda x, w: fn(x, w, b))]
 
     raise ValueError(f"unknown family {fam}")
-
-
-def rel_err(out, ref) -> float:
-    if tuple(out.shape) != tuple(ref.shape):
-        return float("nan")
-    d = out.float() - ref
-    den = ref.norm().item()
-    val = (d.norm().item() / den) if den > 0 else d.norm().item()
-    del d
-    return val if math.isfinite(val) else float("nan")
 
 
 def base_row(case: Case, spec: Spec) -> dict:
@@ -747,7 +725,7 @@ def prepare_contender(spec: Spec, case: Case, data: CaseData, ref, seeds, state)
                     row["compile_s"] = first_s
                     row["note"] = f"compile+autotune {first_s:.0f} s"
                 if spec.family != "cublas" and label == callables[0][0]:
-                    err = rel_err(out, ref)
+                    err = reference.rel_err(out, ref)
                     tol = TOLERANCE[spec.precision]
                     row["rel_err"], row["tol"] = err, tol
                     row["check"] = "ok" if (math.isfinite(err) and err <= tol) else "FAIL"
@@ -866,7 +844,7 @@ def collect_meta(args, mode, seed_dir, seeds, state, timing_kw, compile_scope) -
         meta.update(device=props.name, capability=f"{props.major}.{props.minor}",
                     sm_count=props.multi_processor_count, l2_bytes=l2_bytes(),
                     memory_bytes=props.total_memory)
-    meta["fusedops"] = state.get("fusedops_version") or state.get("fusedops_error")
+    meta["fusedops"] = state.get("fusedops_version")
     meta["seed_dir"] = str(seed_dir) if seed_dir else None
     meta["seeds"] = {op: dict(file=e["file"], sha256=e["sha256"], error=e["error"]) for op, e in seeds.items()}
     return meta
@@ -929,18 +907,9 @@ def main(argv=None) -> int:
         print("bench: needs a CUDA GPU (none visible)", file=sys.stderr)
         return 2
 
-    state = {}
-    try:
-        import fusedops
-        state["fusedops_version"] = fusedops.__version__
-        try:
-            info = fusedops.build_info()
-            state["fusedops_version"] = f"{info['version']} (archs {info['manifest'].get('archs')})"
-        except Exception:  # noqa: BLE001
-            pass
-    except Exception as e:  # noqa: BLE001
-        state["fusedops_error"] = f"import fusedops failed: {type(e).__name__}: {e}"
-        print(f"warning: {state['fusedops_error']} (fusedops rows will show ERROR)", file=sys.stderr)
+    import fusedops
+    info = fusedops.build_info()
+    state = {"fusedops_version": f"{info['version']} (archs {info['manifest'].get('archs')})"}
 
     seed_dir = find_seed_dir(args.seeds)
     seeds = load_seeds(seed_dir) if "seed" in args.families else {

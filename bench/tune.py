@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aot import spec, tables  # noqa: E402
-from bench.bench import TOLERANCE, composite, rel_err  # noqa: E402
+from bench.bench import TOLERANCE, composite  # noqa: E402
+from fusedops.reference import rel_err  # noqa: E402
 
 # Shape buckets, in rule order (the first rule whose bounds hold wins at run time):
 # name -> (bounds: max_m / max_n / max_k, each absent = unbounded; shapes (M, N, K) timed for it)

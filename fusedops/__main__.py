@@ -9,17 +9,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 import fusedops
-
-# The seed problems (KernelBench level 2): name, op, M, K, N; both take fp32 input.
-SEED_PROBLEMS = [
-    ("problem 41", "linear_bn_gelu_relu", 16384, 4096, 4096),
-    ("problem 76", "linear_relu", 1024, 8192, 8192),
-]
-# Relative-error bound per float32 precision path (fp32 reference on the same inputs).
-TOLERANCE = {"ieee": 1e-5, "tf32": 5e-3, "fp16": 5e-3, "auto": 5e-3}
+from fusedops.reference import SEED_PROBLEMS, TOLERANCE, make_problem, precision_name, reference, rel_err, run_fused
 
 
 def info(as_json):
@@ -52,14 +44,6 @@ def info(as_json):
     return 0
 
 
-def reference(op, x, w, b, bn):
-    y = F.linear(x, w, b)
-    if op == "linear_relu":
-        return torch.relu(y)
-    mean, var, gamma, beta = bn
-    return torch.relu(F.gelu(F.batch_norm(y, mean, var, gamma, beta, training=False, eps=1e-5)))
-
-
 def median_ms(fn, device, repeats):
     fn()  # warm-up: module load, allocator
     times = []
@@ -88,25 +72,19 @@ def demo(device_name, scale, repeats):
     print(f"{'problem':<11} {'op':<20} {'M x K x N':<18} {'precision':<9} {'fused ms':>9} {'torch ms':>9} "
           f"{'speedup':>7} {'rel err':>9}  check")
     failures = 0
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    for name, op, m, k, n in SEED_PROBLEMS:
+    for i, (name, op, m, k, n) in enumerate(SEED_PROBLEMS):
         m, k, n = max(m // scale, 1), max(k // scale, 1), max(n // scale, 1)
-        x = torch.randn(m, k, generator=gen).to(device)
-        w = (torch.randn(n, k, generator=gen) * k ** -0.5).to(device)
-        b = (torch.randn(n, generator=gen) * 0.1).to(device)
-        bn = ((torch.randn(n, generator=gen) * 0.1).to(device), (torch.rand(n, generator=gen) + 0.5).to(device),
-              (torch.randn(n, generator=gen) * 0.2 + 1).to(device), (torch.randn(n, generator=gen) * 0.1).to(device))
+        p = make_problem((m,), n, k, torch.float32, device=device, seed=i)
         with torch.no_grad():
-            ref = reference(op, x.double(), w.double(), b.double(), tuple(t.double() for t in bn))
-            torch_ms = median_ms(lambda: reference(op, x, w, b, bn), device, repeats)
+            ref = reference(op, p)
+            torch_ms = median_ms(lambda: reference(op, p, dtype=torch.float32), device, repeats)
             for precision in ("auto", "tf32", "fp16"):
-                if op == "linear_relu":
-                    run = lambda: fusedops.linear_relu(x, w, b, precision=precision)  # noqa: E731
-                else:
-                    run = lambda: fusedops.linear_bn_gelu_relu(x, w, b, *bn, 1e-5, precision=precision)  # noqa: E731
+                run = lambda: run_fused(op, p, precision=precision)  # noqa: E731
                 out = run()
-                err = ((out.double() - ref).norm() / ref.norm()).item()
-                ok = err < TOLERANCE[precision] and out.shape == ref.shape and bool(torch.isfinite(out).all())
+                err = rel_err(out, ref)
+                # the CPU path is the fp32 ATen reference whatever the precision
+                bound = TOLERANCE[precision_name(torch.float32, "ieee" if device.type == "cpu" else precision)].norm
+                ok = err < bound and bool(torch.isfinite(out).all())
                 failures += not ok
                 ms = median_ms(run, device, repeats)
                 print(f"{name:<11} {op:<20} {f'{m}x{k}x{n}':<18} {precision:<9} {ms:>9.3f} {torch_ms:>9.3f} "

@@ -243,15 +243,15 @@ def make_deploy_model(seed=0, **sizes):
 
 
 def eager_reference(model, x):
-    """What the model computes, from PyTorch composites only (no fusedops ops): tests/reference.py's, in x's dtype."""
-    from reference import run_ref
+    """What the model computes, from PyTorch composites only (no fusedops ops): fusedops.reference's, in x's dtype."""
+    from fusedops.reference import reference
 
     def fused(x, w, b, bn=None, eps=1e-5):
         p = dict(x=x, weight=w, bias=b)
         if bn is None:
-            return run_ref("linear_relu", p, compute_dtype=x.dtype)
+            return reference("linear_relu", p, dtype=x.dtype)
         p.update(zip(("running_mean", "running_var", "bn_weight", "bn_bias"), bn))
-        return run_ref("linear_bn_gelu_relu", p, eps, compute_dtype=x.dtype)
+        return reference("linear_bn_gelu_relu", p, eps, dtype=x.dtype)
 
     bn = model.block.batch_norm
     h = fused(x, model.block.gemm.weight, model.block.gemm.bias, (bn.running_mean, bn.running_var, bn.weight, bn.bias),

@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fusedops  # noqa: E402,F401
-from reference import make_problem, rel_err, run_fused, run_ref  # noqa: E402
+from fusedops.reference import make_problem, reference, rel_err, run_fused  # noqa: E402
 
 SHAPES = [((1,), 1, 1), ((3,), 17, 5), ((17,), 33, 100), ((65,), 129, 48), ((2, 7), 16, 31), ((130,), 64, 64),
           # ragged M, N and K tiles in the big-M rules: on sm_90 the persistent TMA and Gluon kernels (device-side
@@ -23,7 +23,7 @@ for op in ("linear_relu", "linear_bn_gelu_relu"):
             p = make_problem(m_shape, n, k, dtype, device="cuda")
             kw = {} if precision is None else {"precision": precision}
             out = run_fused(op, p, **kw)
-            ref = run_ref(op, p)
+            ref = reference(op, p)
             if ref.norm() > 0 and rel_err(out, ref) > 1e-2:
                 raise SystemExit(f"wrong result: {op} {dtype} {precision} {m_shape} {n} {k}")
             print(m_shape, n, k, torch.ops.fusedops._last_launch())  # which variant ran under the sanitizer

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fusedops
-from reference import GPU_TOLERANCE, make_problem, rel_err, run_fused, run_ref
+from fusedops.reference import TOLERANCE, make_problem, precision_name, reference, rel_err, run_fused
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aot import spec  # noqa: E402
@@ -38,13 +38,13 @@ def poison_allocator(numel, dtype):
 
 def check(op, p, dtype, precision, eps=1e-5):
     kw = {} if precision is None else {"precision": precision}
-    ref = run_ref(op, {k: None if v is None else v.double() for k, v in p.items()}, eps, torch.float64)
+    ref = reference(op, p, eps)
     poison_allocator(ref.numel(), dtype)
     out = run_fused(op, p, eps, **kw)
     torch.cuda.synchronize()
     assert out.shape == ref.shape and out.dtype == dtype and out.device == p["x"].device
     assert not out.isnan().any(), "unwritten (poisoned) or NaN output elements"
-    norm_tol, max_tol = GPU_TOLERANCE[(dtype, precision)]
+    norm_tol, max_tol, _ = TOLERANCE[precision_name(dtype, precision)]
     if ref.numel() and ref.abs().max() > 0:
         assert rel_err(out, ref) < norm_tol
         worst = ((out.double() - ref).abs().max() / ref.abs().max()).item()
@@ -107,12 +107,6 @@ def call_dtype_and_precision(precision_name):
     """A manifest precision name (aot/spec.py PRECISIONS) -> the input dtype and the op's `precision` argument."""
     elem, dot, _ = spec.PRECISIONS[precision_name]
     return TORCH_DTYPES[elem], (None if dot == "native" else dot)
-
-
-def precision_name_of(dtype, precision):
-    """The manifest precision name a call with this input dtype and `precision` argument runs (the inverse of
-    call_dtype_and_precision)."""
-    return next(name for name in spec.PRECISIONS if call_dtype_and_precision(name) == (dtype, precision))
 
 
 def expected_variant(op, precision, layout, m, n, k):
@@ -309,7 +303,7 @@ def test_epilogue_value_by_value_and_special_values(op, dtype, precision, m, n):
              bn_bias=torch.zeros(n, device="cuda"))
     want = torch.relu(pre) if op == "linear_relu" else torch.relu(torch.nn.functional.gelu(pre))
     out = run_fused(op, p, 0.0, **({} if precision is None else {"precision": precision}))
-    variant = expected_variant(op, precision_name_of(dtype, precision), "aligned", m, n, k)["name"]
+    variant = expected_variant(op, precision_name(dtype, precision), "aligned", m, n, k)["name"]
     assert torch.ops.fusedops._last_launch().startswith(variant + " "), (variant, torch.ops.fusedops._last_launch())
     out = out.double().cpu()
     assert torch.equal(out.isnan(), want.isnan().expand_as(out)), "NaN where torch has none, or none where it has"
@@ -373,7 +367,7 @@ def test_empty_inputs(op):
         p = make_problem(m_shape, n, k, torch.float16, device="cuda")
         out = run_fused(op, p)
         assert out.shape == (*m_shape, n)
-        torch.testing.assert_close(out, run_ref(op, p).half())
+        torch.testing.assert_close(out, reference(op, p, dtype=torch.float32).half())
 
 
 @pytest.mark.parametrize("op,m,k,n", [("linear_bn_gelu_relu", 16384, 4096, 4096), ("linear_relu", 1024, 8192, 8192)],

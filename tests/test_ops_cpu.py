@@ -6,7 +6,7 @@ import torch
 from torch.library import opcheck
 
 import fusedops
-from reference import make_problem, rel_err, run_fused, run_ref
+from fusedops.reference import TOLERANCE, make_problem, precision_name, reference, rel_err, run_fused
 
 OPS = ["linear_relu", "linear_bn_gelu_relu"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -27,9 +27,9 @@ def random_shapes(count, seed):
 def test_matches_composite(op, dtype, m_shape, n, k):
     p = make_problem(m_shape, n, k, dtype, seed=hash((op, m_shape, n, k)) % 1000)
     out = run_fused(op, p)
-    ref = run_ref(op, p)  # fp32 composite on the same (rounded) inputs
+    ref = reference(op, p, dtype=torch.float32)  # fp32 composite on the same (rounded) inputs
     assert out.shape == (*m_shape, n) and out.dtype == dtype
-    tol = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    tol = TOLERANCE[precision_name(dtype, "ieee")].norm  # the CPU path: fp32 throughout, rounded at the end
     if ref.norm() > 0:
         assert rel_err(out, ref) < tol
     torch.testing.assert_close(out.float(), ref.to(dtype).float(), atol=tol, rtol=tol)
@@ -39,7 +39,7 @@ def test_matches_composite(op, dtype, m_shape, n, k):
 def test_optional_vectors_and_vector_dtype(op):
     # bias / bn_weight / bn_bias absent, and vectors given in x's dtype instead of fp32
     p = make_problem((9,), 12, 10, torch.bfloat16, bias=False, bn_affine=False, vec_dtype=torch.bfloat16)
-    torch.testing.assert_close(run_fused(op, p), run_ref(op, p).to(torch.bfloat16))
+    torch.testing.assert_close(run_fused(op, p), reference(op, p, dtype=torch.float32).to(torch.bfloat16))
 
 
 def test_eps_is_used():
@@ -47,7 +47,7 @@ def test_eps_is_used():
     p["running_var"] = torch.zeros(8)
     for eps in (1e-5, 0.5):
         torch.testing.assert_close(run_fused("linear_bn_gelu_relu", p, eps=eps),
-                                   run_ref("linear_bn_gelu_relu", p, eps=eps))
+                                   reference("linear_bn_gelu_relu", p, eps=eps, dtype=torch.float32))
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -58,7 +58,7 @@ def test_empty_batch_and_empty_k(op):
     p = make_problem((2, 0, 3), 6, 4, torch.float32)
     assert run_fused(op, p).shape == (2, 0, 3, 6)
     p = make_problem((3,), 6, 0, torch.float32)  # K = 0: the product is all zeros, epilogue of bias
-    torch.testing.assert_close(run_fused(op, p), run_ref(op, p))
+    torch.testing.assert_close(run_fused(op, p), reference(op, p, dtype=torch.float32))
     for m_shape in ((5,), (0,), (2, 3)):  # N = 0: an empty result, as F.linear gives (F.batch_norm raises there)
         p = make_problem(m_shape, 0, 4, torch.float32)
         out = run_fused(op, p)
@@ -76,7 +76,7 @@ def test_nan_propagates_like_torch():
 def test_precision_overload_on_cpu_is_the_fp32_reference(precision):
     p = make_problem((5,), 6, 7, torch.float32)
     for op in OPS:
-        torch.testing.assert_close(run_fused(op, p, precision=precision), run_ref(op, p))
+        torch.testing.assert_close(run_fused(op, p, precision=precision), reference(op, p, dtype=torch.float32))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
