@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench import composite  # noqa: E402
+from bench.contenders import composite  # noqa: E402
 from fusedops.reference import EPS, SEED_PROBLEMS, rel_err  # noqa: E402
 from bench.timing import round_order, time_cuda  # noqa: E402
 from bench.tune import cfg, coop, jit_runner, tma, wgmma  # noqa: E402

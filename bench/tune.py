@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aot import spec, tables  # noqa: E402
-from bench.bench import TOLERANCE, composite  # noqa: E402
+from bench.contenders import TOLERANCE, composite  # noqa: E402
 from fusedops.reference import rel_err  # noqa: E402
 
 # Shape buckets, in rule order (the first rule whose bounds hold wins at run time):

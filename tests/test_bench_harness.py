@@ -6,82 +6,86 @@ import math
 import pytest
 
 from bench import bench as B
+from bench import cases as C
+from bench import contenders as K
+from bench import report as R
+from bench import seeds as S
 from bench import timing as T
 
-SEED_DIR = B.find_seed_dir()
+SEED_DIR = S.find_seed_dir()
 
 
 def test_extract_current_code_takes_the_block_after_the_marker():
     text = ("intro\n```python\nBEFORE = 1\n```\n[CURRENT CODE]\n```python\nimport torch\nX = 2\n```\n"
             "later\n```python\n# <optimized Triton code>\n```\n")
-    code = B.extract_current_code(text)
+    code = S.extract_current_code(text)
     assert code == "import torch\nX = 2\n"
     with pytest.raises(ValueError):
-        B.extract_current_code("```python\nX = 1\n```")
+        S.extract_current_code("```python\nX = 1\n```")
     with pytest.raises(ValueError):
-        B.extract_current_code("[CURRENT CODE]\nno block here")
+        S.extract_current_code("[CURRENT CODE]\nno block here")
 
 
 @pytest.mark.skipif(SEED_DIR is None, reason="seed documents (shared/seeds) not found")
-@pytest.mark.parametrize("op", B.OPS)
+@pytest.mark.parametrize("op", C.OPS)
 def test_seed_documents_extract_and_exec(op):
     pytest.importorskip("triton")
-    prefix, wrapper = B.SEED_FILES[op]
-    path = B.seed_file(SEED_DIR, prefix)
+    prefix, wrapper = S.SEED_FILES[op]
+    path = S.seed_file(SEED_DIR, prefix)
     assert path is not None
-    code = B.extract_current_code(path.read_text())
+    code = S.extract_current_code(path.read_text())
     assert f"def {wrapper}(" in code and "@triton.jit" in code and "<optimized Triton code>" not in code
-    mod = B.load_seed_module(path)
+    mod = S.load_seed_module(path)
     assert callable(getattr(mod, wrapper))
     kernel = getattr(mod, wrapper + "_kernel")
     # @triton.autotune over @triton.jit; the JIT function found its source through linecache.
     jit = getattr(kernel, "fn", kernel)
     assert "tl.dot" in jit.src
-    seeds = B.load_seeds(SEED_DIR)
+    seeds = S.load_seeds(SEED_DIR)
     assert seeds[op]["wrapper"] is not None and seeds[op]["error"] is None and len(seeds[op]["sha256"]) == 64
 
 
 def test_load_seeds_without_a_folder_reports():
-    seeds = B.load_seeds(None)
-    assert set(seeds) == set(B.OPS)
+    seeds = S.load_seeds(None)
+    assert set(seeds) == set(C.OPS)
     assert all(e["wrapper"] is None and "not found" in e["error"] for e in seeds.values())
 
 
 def test_build_cases():
-    quick = B.build_cases(quick=True)
+    quick = C.build_cases(quick=True)
     keys = [(c.op, c.dtype, c.M, c.N, c.K) for c in quick]
     assert len(keys) == len(set(keys)) == 11  # 6 seed problem rows + 6 sweep points, one shared
     assert [c.problem for c in quick[:6]] == ["problem 41"] * 3 + ["problem 76"] * 3
     assert ("linear_bn_gelu_relu", "fp16", 16384, 4096, 4096) in keys
-    full = B.build_cases(quick=False)
+    full = C.build_cases(quick=False)
     assert len(full) == 2 * 3 * 7 * 4  # the seed problems are sweep points
     assert sum(c.problem is not None for c in full) == 6
-    only = B.build_cases(quick=False, ops=["linear_relu"], dtypes=["bf16"], seed_problems=False, ms=[1, 2],
+    only = C.build_cases(quick=False, ops=["linear_relu"], dtypes=["bf16"], seed_problems=False, ms=[1, 2],
                          nks=[(64, 32)])
     assert [(c.op, c.dtype, c.M, c.N, c.K) for c in only] == [("linear_relu", "bf16", 1, 64, 32),
                                                                ("linear_relu", "bf16", 2, 64, 32)]
 
 
 def test_plan_contenders():
-    fp32_relu = B.Case("linear_relu", "fp32", 1024, 8192, 8192, "problem 76")
-    specs = B.plan_contenders(fp32_relu, compile_scope="seed", seed_label="seed 001")
+    fp32_relu = C.Case("linear_relu", "fp32", 1024, 8192, 8192, "problem 76")
+    specs = C.plan_contenders(fp32_relu, compile_scope="seed", seed_label="seed 001")
     names = [s.name for s in specs]
     assert names[:3] == ["cublas[ieee]", "cublas[tf32]", "cublas[fp16]"]
     for n in ("fusedops[ieee]", "fusedops[tf32]", "fusedops[fp16]", "eager[fp16]", "cublasLt+relu[tf32]",
               "compile[ieee]", "compile[tf32]", "seed 001"):
         assert n in names
     assert {s.precision for s in specs if s.family == "seed"} == {"tf32"}
-    half_bn = B.Case("linear_bn_gelu_relu", "bf16", 16, 4096, 4096)
-    specs = B.plan_contenders(half_bn, compile_scope="seed-fp16", seed_label="seed 000")
+    half_bn = C.Case("linear_bn_gelu_relu", "bf16", 16, 4096, 4096)
+    specs = C.plan_contenders(half_bn, compile_scope="seed-fp16", seed_label="seed 000")
     assert [s.name for s in specs] == ["cublas", "fusedops", "eager", "seed 000"]
     assert specs[-1].precision == "fp16"
-    assert B.plan_contenders(half_bn, families=["fusedops"], seed_label=None)[0].name == "fusedops"
-    assert B.compile_applies(B.Case("linear_relu", "fp16", 1, 2, 3, "p"), "seed-fp16")
-    assert not B.compile_applies(B.Case("linear_relu", "bf16", 1, 2, 3, "p"), "seed-fp16")
-    assert B.compile_applies(B.Case("linear_relu", "bf16", 1, 2, 3, "p"), "seed-half")
-    assert not B.compile_applies(B.Case("linear_relu", "fp32", 1, 2, 3, "p"), "seed-half")
-    assert not B.compile_applies(B.Case("linear_relu", "bf16", 1, 2, 3), "seed-half")
-    assert not B.compile_applies(half_bn, "seed") and B.compile_applies(half_bn, "all")
+    assert C.plan_contenders(half_bn, families=["fusedops"], seed_label=None)[0].name == "fusedops"
+    assert C.compile_applies(C.Case("linear_relu", "fp16", 1, 2, 3, "p"), "seed-fp16")
+    assert not C.compile_applies(C.Case("linear_relu", "bf16", 1, 2, 3, "p"), "seed-fp16")
+    assert C.compile_applies(C.Case("linear_relu", "bf16", 1, 2, 3, "p"), "seed-half")
+    assert not C.compile_applies(C.Case("linear_relu", "fp32", 1, 2, 3, "p"), "seed-half")
+    assert not C.compile_applies(C.Case("linear_relu", "bf16", 1, 2, 3), "seed-half")
+    assert not C.compile_applies(half_bn, "seed") and C.compile_applies(half_bn, "all")
 
 
 def _row(contender, family, precision, ms, dtype="bf16", problem="problem 41", check="ok"):
@@ -95,33 +99,33 @@ def test_floor_ratio_and_tables():
             _row("eager", "eager", "bf16", 2.1), _row("seed 000", "seed", "fp16", 4.0),
             _row("compile", "compile", "bf16", None, check="ERROR")]
     rows[-1]["error"] = "RuntimeError: boom\nmore"
-    B.finish_case_rows(rows)
+    R.finish_case_rows(rows)
     assert rows[0]["x_floor"] == 1.0 and math.isclose(rows[1]["x_floor"], 1.05)
     assert rows[3]["floor_contender"] == "cublas" and math.isclose(rows[3]["x_floor"], 4.0)  # dtype fallback
     assert rows[4]["x_floor"] is None and rows[4]["tflops"] is None
     assert math.isclose(rows[0]["tflops"], 2.0 * 16384 * 4096 * 4096 / 1e-3 / 1e12)
-    table = B.results_table(rows)
+    table = R.results_table(rows)
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["problem", "op", "dtype"] and "x floor" in lines[0]
     assert any("fusedops" in ln and "1.05" in ln for ln in lines)
     assert any("ERROR" in ln and "RuntimeError: boom ... more" in ln for ln in lines)  # first + last line
-    summary = B.seed_summary_table(rows)
+    summary = R.seed_summary_table(rows)
     fl = [ln for ln in summary.splitlines() if "fusedops" in ln][0]
     assert "met" in fl and "2.00x" in fl  # 2.1 / 1.05 over eager
     rows[1]["median_ms"] = 1.2
-    B.finish_case_rows(rows)
-    assert "MISSED" in B.seed_summary_table(rows)
+    R.finish_case_rows(rows)
+    assert "MISSED" in R.seed_summary_table(rows)
 
 
 def test_format_table_alignment():
-    out = B.format_table(["a", "bb"], [["x", 1], ["yyy", 22]], "lr", separators=[1])
+    out = R.format_table(["a", "bb"], [["x", 1], ["yyy", 22]], "lr", separators=[1])
     assert out.splitlines() == ["a    bb", "---  --", "x     1", "", "yyy  22"]
 
 
 def test_write_json(tmp_path):
     meta = {"device": "test", "nan": float("nan")}
     res = [dict(contender="fusedops", median_ms=float("inf"), timing={"median_ms": 1.5}, alt=(1, 2))]
-    path = B.write_json(tmp_path / "sub" / "r.json", meta, res)
+    path = R.write_json(tmp_path / "sub" / "r.json", meta, res)
     data = json.loads(path.read_text())
     assert data["meta"] == {"device": "test", "nan": None}
     assert data["results"][0]["median_ms"] is None and data["results"][0]["alt"] == [1, 2]
@@ -130,14 +134,14 @@ def test_write_json(tmp_path):
 
 def test_plot_results(tmp_path, capsys):
     rows = [dict(_row("fusedops", "fusedops", "fp16", 1.0, dtype="fp16"), M=m, tflops=float(m)) for m in (1, 16)]
-    out = B.plot_results(rows, tmp_path / "p.png")
+    out = R.plot_results(rows, tmp_path / "p.png")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         assert out is None and "warning: no plot" in capsys.readouterr().err
     else:
         assert out is not None and out.exists() and out.stat().st_size > 0
-    assert B.plot_results([], tmp_path / "q.png") is None
+    assert R.plot_results([], tmp_path / "q.png") is None
 
 
 def test_timing_helpers():
@@ -185,10 +189,10 @@ def test_time_contenders_interleaves_rounds_and_pools(monkeypatch):
         def sets(self, variant):
             return [()]
 
-    specs = [B.Spec("fusedops", "fusedops", "fp16", "native"), B.Spec("cublas", "cublas", "fp16", "native")]
+    specs = [C.Spec("fusedops", "fusedops", "fp16", "native"), C.Spec("cublas", "cublas", "fp16", "native")]
     rows = [dict(error=None, family=s.family) for s in specs]
     prepared = [(rows[0], [("", lambda: "a")]), (rows[1], [("mm", lambda: "b1"), ("addmm", lambda: "b2")])]
-    B.time_contenders(prepared, specs, Data(), dict(warmup=1, reps=10, min_reps=2, budget_ms=100.0), rounds=2)
+    K.time_contenders(prepared, specs, Data(), dict(warmup=1, reps=10, min_reps=2, budget_ms=100.0), rounds=2)
     assert order == ["a", "b1", "b2", "b1", "b2", "a"]
     assert budgets == [50.0] * 6
     assert rows[0]["median_ms"] == 2.75 and rows[0]["timing"]["reps"] == 6 and rows[0]["timing"]["rounds"] == 2
@@ -285,15 +289,15 @@ def test_compile_rows_keep_separate_dynamo_caches():
         compiles.append(gm)
         return gm.forward
 
-    comp = B.composite("linear_relu")
-    a = torch.compile(B.with_own_code(comp, "ieee"), backend=backend)
-    b = torch.compile(B.with_own_code(comp, "tf32"), backend=backend)
+    comp = K.composite("linear_relu")
+    a = torch.compile(K.with_own_code(comp, "ieee"), backend=backend)
+    b = torch.compile(K.with_own_code(comp, "tf32"), backend=backend)
     x, w, bias = torch.randn(4, 8), torch.randn(3, 8), torch.randn(3)
     for _ in range(2):
         for f in (a, b):
             torch.testing.assert_close(f(x, w, bias), comp(x, w, bias))
     assert len(compiles) == 2
-    assert B.with_own_code(comp, "ieee").__code__ is not comp.__code__
+    assert K.with_own_code(comp, "ieee").__code__ is not comp.__code__
 
 
 class FakeCuda:
