@@ -205,8 +205,9 @@ LoadedKernel load_function(DeviceState& state, int device, int variant_index, bo
   return loaded;
 }
 
-const Variant& select_variant(int arch, Op op, Precision precision, Layout layout, int64_t M, int64_t N,
-                              int64_t K) {
+// The first rule of (arch, op, precision, layout) whose bounds hold.
+const Variant& first_matching_rule(int arch, Op op, Precision precision, Layout layout, int64_t M, int64_t N,
+                                   int64_t K) {
   auto within = [](int64_t bound, int64_t value) { return bound < 0 || value <= bound; };
   for (size_t i = 0; i < kNumRules; ++i) {
     const Rule& r = kRules[i];
@@ -282,6 +283,27 @@ int64_t tile_counter_buffers() {
   return static_cast<int64_t>(cache.by_stream.size());
 }
 
+const Variant& select_variant(int arch, Op op, Precision precision, Layout layout, int64_t M, int64_t N,
+                              int64_t K) {
+  const Variant& v = first_matching_rule(arch, op, precision, layout, M, N, K);
+  // at::mm runs cuBLAS in TF32 while torch allows it, so an explicit precision="ieee" then takes the generic rule's
+  // kernel (true fp32 products on the FMA units; the generic rule never names a cuBLAS variant: aot/spec.py)
+  if (v.cublas_gemm && at::globalContext().allowTF32CuBLAS())
+    return first_matching_rule(arch, op, precision, Layout::generic, M, N, K);
+  return v;
+}
+
+std::string select_variant_name(int64_t arch, const std::string& op, const std::string& precision,
+                                const std::string& layout, int64_t M, int64_t N, int64_t K) {
+  for (size_t i = 0; i < kNumRules; ++i) {  // the enums behind the names, from any rule that carries them
+    const Rule& r = kRules[i];
+    if (r.arch == arch && op == op_name(r.op) && precision == precision_name(r.precision) &&
+        layout == layout_name(r.layout))
+      return select_variant(r.arch, r.op, r.precision, r.layout, M, N, K).name;
+  }
+  TORCH_CHECK(false, "fusedops: this build has no rule for sm_", arch, " ", op, " ", precision, " ", layout);
+}
+
 std::string built_archs() {
   std::string out;
   for (int a : archs_in_build()) out += (out.empty() ? "sm_" : ", sm_") + std::to_string(a);
@@ -318,12 +340,7 @@ void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, at::Tens
   LaunchArgs args = call_args;
   const bool from_ptx = forced_arch() != 0;
   const Layout layout = is_aligned_call(args) ? Layout::aligned : Layout::generic;
-  const Variant* chosen = &select_variant(arch, op, precision, layout, args.M, args.N, args.K);
-  // at::mm runs cuBLAS in TF32 while torch allows it, so an explicit precision="ieee" then takes the generic rule's
-  // kernel (true fp32 products on the FMA units; the generic rule never names a cuBLAS variant: aot/spec.py)
-  if (chosen->cublas_gemm && at::globalContext().allowTF32CuBLAS())
-    chosen = &select_variant(arch, op, precision, Layout::generic, args.M, args.N, args.K);
-  const Variant& v = *chosen;
+  const Variant& v = select_variant(arch, op, precision, layout, args.M, args.N, args.K);
   const int64_t tiles = ((args.M + v.block_m - 1) / v.block_m) * ((args.N + v.block_n - 1) / v.block_n);
   TORCH_CHECK(tiles <= INT32_MAX, "fusedops: output of ", args.M, " x ", args.N, " needs ", tiles,
               " tiles, more than one launch can hold");

@@ -32,6 +32,15 @@ std::string last_launch();
 // bound hold.
 int64_t tile_counter_buffers();
 
+// The variant a call runs on this arch: the first rule of (arch, op, precision, layout) whose bounds hold, except that
+// a variant whose GEMM is cuBLAS's gives way to the generic rule's while torch lets cuBLAS run fp32 in TF32.
+const Variant& select_variant(int arch, Op op, Precision precision, Layout layout, int64_t M, int64_t N, int64_t K);
+
+// select_variant by the names aot/spec.py gives arch, op, precision and layout: the one rule matcher the tests, the
+// tuner and the probe ask (torch.ops.fusedops._select_variant), so none keeps a copy of the dispatch logic.
+std::string select_variant_name(int64_t arch, const std::string& op, const std::string& precision,
+                                const std::string& layout, int64_t M, int64_t N, int64_t K);
+
 // Picks the variant for this device and shape and launches it on the current stream of x's device.
 // x [M, K], weight [N, K] and y [M, N] are the tensors behind args.x_ptr, w_ptr and y_ptr: variants that read an
 // fp16 copy of the weight make that copy here, and cuBLAS-GEMM variants have at::mm write x @ W^T into y first.

@@ -240,6 +240,8 @@ TORCH_LIBRARY(fusedops, m) {
   m.def("_arch_for_capability(int capability) -> int", &arch_for_capability_op);
   m.def("_last_launch() -> str", &last_launch);
   m.def("_tile_counter_buffers() -> int", &tile_counter_buffers);
+  m.def("_select_variant(int arch, str op, str precision, str layout, int M, int N, int K) -> str",
+        &select_variant_name);
 }
 
 #define FUSEDOPS_IMPL_BACKEND(DispatchKey, run)                                   \

@@ -110,18 +110,9 @@ def call_dtype_and_precision(precision_name):
 
 
 def expected_variant(op, precision, layout, m, n, k):
-    """The variant the tuning tables (as compiled into the binary) name for this call: first matching rule; a variant
-    whose GEMM is cuBLAS's gives way to the generic rule's while torch lets cuBLAS run fp32 in TF32 (as dispatch)."""
-    arch = dispatch_arch()
-    for rule in manifest()["rules"]:
-        if (rule["arch"], rule["op"], rule["precision"], rule["layout"]) == (arch, op, precision, layout) and all(
-                bound < 0 or value <= bound for bound, value in ((rule["max_m"], m), (rule["max_n"], n),
-                                                                 (rule["max_k"], k))):
-            variant = manifest()["variants"][rule["variant"]]
-            if spec.KERNELS[variant["kernel"]]["cublas_gemm"] and torch.backends.cuda.matmul.allow_tf32:
-                return expected_variant(op, precision, "generic", m, n, k)
-            return variant
-    raise AssertionError(f"no rule for {op} {precision} {layout} on sm_{arch}")
+    """The variant the library's rule matcher (the one dispatch uses) names for this call on this GPU."""
+    name = torch.ops.fusedops._select_variant(dispatch_arch(), op, precision, layout, m, n, k)
+    return next(v for v in manifest()["variants"] if v["name"] == name)
 
 
 @pytest.mark.parametrize("dtype,precision,name", [(torch.float32, "tf32", "fp32_tf32"),
@@ -181,13 +172,13 @@ def test_every_table_variant_runs_right(op):
     wanted = {manifest()["variants"][r["variant"]]["name"]: r["precision"] for r in manifest()["rules"]
               if (r["arch"], r["op"], r["layout"]) == (arch, op, "aligned")}
     reached = {}
-    for precision_name in sorted(set(wanted.values())):
+    for precision_key in sorted(set(wanted.values())):
         for m, n, k in RULE_PROBE_SHAPES:
-            v = expected_variant(op, precision_name, "aligned", m, n, k)
-            reached.setdefault(v["name"], (precision_name, m, n, k))
+            v = expected_variant(op, precision_key, "aligned", m, n, k)
+            reached.setdefault(v["name"], (precision_key, m, n, k))
     assert set(wanted) <= set(reached), f"no probe shape reaches {sorted(set(wanted) - set(reached))}"
-    for name, (precision_name, m, n, k) in sorted(reached.items()):
-        dtype, precision = call_dtype_and_precision(precision_name)
+    for name, (precision_key, m, n, k) in sorted(reached.items()):
+        dtype, precision = call_dtype_and_precision(precision_key)
         p = make_problem((m,), n, k, dtype, device="cuda", seed=m + n + k)
         check(op, p, dtype, precision)
         assert torch.ops.fusedops._last_launch().startswith(name + " "), (name, torch.ops.fusedops._last_launch())
@@ -292,7 +283,8 @@ def test_epilogue_value_by_value_and_special_values(op, dtype, precision, m, n):
     [-12, 12], and at NaN, +-inf, +-0, tiny and huge values, in the variant the tables name for each call (checked;
     on sm_90 these shapes reach split-K, unsplit tiled and persistent TMA / Gluon kernels wherever a precision's
     table has them). fp32 outputs: within 1e-6 relative of fp64 (4.2e-7 was the worst seen on the H100); half outputs:
-    within one unit in the last place of the rounded fp64 value (their polynomials are shorter). NaN where torch gives NaN, +0 for negative values."""
+    within one unit in the last place of the rounded fp64 value (their polynomials are shorter). NaN where torch gives
+    NaN, +0 for negative values."""
     k = 64
     grid = torch.linspace(-12, 12, n - len(EPILOGUE_SPECIAL_VALUES), dtype=torch.float64)
     pre = torch.cat([torch.tensor(EPILOGUE_SPECIAL_VALUES, dtype=torch.float64), grid]).float().double()

@@ -251,3 +251,38 @@ def test_hazard_check_flags_real_compiler_output(tmp_path):
     built = compiler.compile_variant(pipelined, str(tmp_path))
     assert "overwrites before a wait retires it" in built["wgmma_register_hazard"]
     assert built["wgmma_serial_reason"] is None  # ptxas's report came through: it pipelines this one
+
+
+@pytest.mark.parametrize("allow_tf32", [False, True])
+def test_the_rule_matcher_is_the_tables_first_match(allow_tf32):
+    """torch.ops.fusedops._select_variant, the matcher dispatch uses, against the tables as the manifest holds them:
+    for every (arch, op, precision, layout) and sizes on both sides of every bound, the first rule whose bounds hold,
+    except that a cuBLAS-GEMM variant gives way to the generic rule's while torch lets cuBLAS run fp32 in TF32."""
+    import torch
+    rules, variants = MANIFEST["rules"], MANIFEST["variants"]
+    bounds = sorted({r[key] for r in rules for key in ("max_m", "max_n", "max_k") if r[key] > 0})
+    sizes = sorted({1, *bounds, *(b + 1 for b in bounds), 1 << 20})
+
+    def first_match(arch, op, precision, layout, m, n, k):
+        return next(variants[r["variant"]] for r in rules if (r["arch"], r["op"], r["precision"], r["layout"]) ==
+                    (arch, op, precision, layout) and all(bound < 0 or value <= bound for bound, value in
+                                                          ((r["max_m"], m), (r["max_n"], n), (r["max_k"], k))))
+
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    try:
+        checked = 0
+        for arch, op, precision, layout in sorted({(r["arch"], r["op"], r["precision"], r["layout"]) for r in rules}):
+            for m in sizes:
+                for n, k in ((sizes[len(sizes) // 3], sizes[0]), (sizes[-1], sizes[len(sizes) // 2]), (m, m)):
+                    want = first_match(arch, op, precision, layout, m, n, k)
+                    if spec.KERNELS[want["kernel"]]["cublas_gemm"] and allow_tf32:
+                        want = first_match(arch, op, precision, "generic", m, n, k)
+                    got = torch.ops.fusedops._select_variant(arch, op, precision, layout, m, n, k)
+                    assert got == want["name"], (arch, op, precision, layout, m, n, k)
+                    checked += 1
+        assert checked > 1000
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    with pytest.raises(RuntimeError, match="no rule for sm_75"):
+        torch.ops.fusedops._select_variant(75, "linear_relu", "fp16", "aligned", 1, 1, 1)
