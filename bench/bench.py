@@ -78,11 +78,12 @@ from typing import List
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a script (python bench/bench.py): make `bench` importable
     sys.path.insert(0, str(REPO_ROOT))
-from bench.cases import COMPILE_SCOPES, DTYPES, FAMILIES, OPS, build_cases, plan_contenders  # noqa: E402
+from bench.cases import (COMPILE_SCOPES, DTYPES, FAMILIES, OPS, build_cases, model_shapes,  # noqa: E402
+                         plan_contenders, random_shapes)
 from bench.contenders import (CaseData, INPUT_BUDGET_BYTES, TOLERANCE, base_row,  # noqa: E402
                               run_case_contenders)
 from bench.report import (Progress, SEED_TARGET, X_FLOOR_LABEL, _short, finish_case_rows,  # noqa: E402
-                          plot_results, results_table, seed_summary_table, write_json)
+                          plot_results, ratio_summary_table, results_table, seed_summary_table, write_json)
 from bench.seeds import find_seed_dir, load_seeds, seed_entry  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results"
@@ -148,6 +149,13 @@ def build_parser():
                    help="contender families to run (cublas is the floor for 'x floor')")
     p.add_argument("--ms", nargs="+", type=int, default=None, help="sweep M values (override)")
     p.add_argument("--nk", nargs="+", type=parse_nk, default=None, help="sweep (N, K) pairs as NxK (override)")
+    p.add_argument("--shapes", choices=("sweep", "random", "models"), default="sweep",
+                   help="the (M, N, K) after the seed problems: the sweep's grid (--ms x --nk), --shape-count shapes "
+                   "drawn log-uniformly with --shape-seed (M 1-16384, N and K 256-16384, not only powers of two), or "
+                   "well-known models' Linear layers at several batch sizes")
+    p.add_argument("--shape-count", type=int, default=64, help="how many random shapes (--shapes random)")
+    p.add_argument("--shape-seed", type=int, default=0, help="seed of the random shapes: one seed a tuning set, "
+                   "another a held-out set")
     p.add_argument("--seed-problems-only", action="store_true", help="no sweep")
     p.add_argument("--no-seed-problems", action="store_true", help="sweep only")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per contender")
@@ -189,8 +197,11 @@ def main(argv=None) -> int:
         if e["error"] and "seed" in args.families:
             print(f"note: no seed row for {op}: {e['error']}", file=sys.stderr)
 
+    shapes = {"sweep": None, "random": lambda: random_shapes(args.shape_count, args.shape_seed),
+              "models": model_shapes}[args.shapes]
     cases = build_cases(quick=args.quick, ops=args.ops, dtypes=args.dtypes, ms=args.ms, nks=args.nk,
-                        seed_problems=not args.no_seed_problems, sweep=not args.seed_problems_only)
+                        seed_problems=not args.no_seed_problems, sweep=not args.seed_problems_only,
+                        shapes=None if shapes is None or args.seed_problems_only else shapes())
     plans = []
     for c in cases:
         seed_label = seeds[c.op]["label"] if seeds[c.op]["wrapper"] is not None else None
@@ -258,6 +269,9 @@ def main(argv=None) -> int:
     print(X_FLOOR_LABEL)
     print("TFLOP/s = 2*M*N*K / median time; rel err vs the fp32 'highest' eager composite; bounds: "
           + ", ".join(f"{k} {v:.0e}" for k, v in TOLERANCE.items()))
+    print()
+    print("fusedops' time over cuBLAS's (x floor) and eager's (x eager) per case: median, 90th percentile, worst")
+    print(ratio_summary_table(results))
     if any(r.get("problem") for r in results):
         print()
         print(f"Seed problems (target for fusedops with fp16/bf16 inputs: <= {SEED_TARGET:.2f} x floor):")

@@ -102,6 +102,48 @@ def seed_summary_table(results: Sequence[dict], target: float = SEED_TARGET) -> 
     return format_table(headers, rows, "lllrrrrll", seps)
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank q-th percentile (q in (0, 100]) of non-empty values."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q / 100 * len(ordered)), 1) - 1]
+
+
+def ratio_summary_table(results: Sequence[dict]) -> str:
+    """Per op, input dtype and precision, over every case with a timed fusedops row: the distribution of its time
+    over the cuBLAS floor ("x floor") and over the eager composite's ("x eager"), as median, 90th percentile and
+    worst (with its shape), and how many cases fusedops was slower than eager in."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in results:
+        if r["family"] == "fusedops" and r.get("median_ms"):
+            groups.setdefault((r["op"], r["dtype"], r["precision"]), []).append(r)
+    headers = ["op", "dtype", "precision", "cases", "x floor: median", "p90", "worst (M N K)", "x eager: median",
+               "p90", "worst (M N K)", "slower than eager"]
+    rows = []
+    for (op, dtype, precision), rs in sorted(groups.items()):
+        cells = [op, dtype, precision, str(len(rs))]
+        vs_eager = 0
+        for ratio in ("floor", "eager"):
+            pairs = []
+            for r in rs:
+                if ratio == "floor":
+                    value = r.get("x_floor")
+                else:
+                    e = _eager_for(results, r)
+                    value = r["median_ms"] / e["median_ms"] if e and e.get("median_ms") else None
+                    vs_eager += value is not None and value > 1
+                if value is not None:
+                    pairs.append((value, r))
+            if pairs:
+                worst, where = max(pairs, key=lambda p: p[0])
+                values = [v for v, _ in pairs]
+                cells += [f"{percentile(values, 50):.2f}", f"{percentile(values, 90):.2f}",
+                          f"{worst:.2f} ({where['M']} {where['N']} {where['K']})"]
+            else:
+                cells += ["-", "-", "-"]
+        rows.append(cells + [str(vs_eager)])
+    return format_table(headers, rows, "lllrrrlrrlr")
+
+
 def _json_safe(v):
     if isinstance(v, float) and not math.isfinite(v):
         return None

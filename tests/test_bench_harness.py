@@ -427,3 +427,41 @@ def test_sweep_targets_name_a_file_that_is_not_a_results_file(tmp_path, capsys):
             targets.main([str(path)])
         assert exit_info.value.code == 2
         assert f"{path}: not a bench results file" in capsys.readouterr().err
+
+
+def test_random_and_model_shape_sets():
+    """Random shapes: reproducible by seed, another seed another set, log-uniform over the documented ranges with odd
+    sizes among them (not only powers of two); model shapes: every listed layer at every batch size. build_cases
+    takes either in place of the sweep's grid, after the seed problems."""
+    a, b = C.random_shapes(200, seed=0), C.random_shapes(200, seed=1)
+    assert a == C.random_shapes(200, seed=0) and a != b and len(a) == 200
+    assert all(C.RANDOM_M[0] <= m <= C.RANDOM_M[1] and all(C.RANDOM_NK[0] <= v <= C.RANDOM_NK[1] for v in (n, k))
+               for m, n, k in a)
+    sizes = [v for _, n, k in a for v in (n, k)]
+    assert any(v % 64 for v in sizes) and any(v % 64 == 0 for v in sizes)
+    ms = sorted(m for m, _, _ in a)
+    assert ms[len(ms) // 4] < 64 and ms[3 * len(ms) // 4] > 512  # spread over the decades, not bunched at the top
+    assert len(C.model_shapes()) == len(C.MODEL_NK) * len(C.MODEL_M)
+    cases = C.build_cases(quick=False, ops=["linear_relu"], dtypes=["fp16"], shapes=a[:5])
+    assert [c.problem for c in cases[:1]] == ["problem 76"] and [(c.M, c.N, c.K) for c in cases[1:]] == a[:5]
+    args = B.build_parser().parse_args(["--shapes", "random", "--shape-count", "5", "--shape-seed", "3"])
+    assert (args.shapes, args.shape_count, args.shape_seed) == ("random", 5, 3)
+
+
+def test_ratio_summary_over_cases():
+    """Per op / dtype / precision: fusedops over the floor and over eager, median, p90 and worst with its shape, and
+    the count of cases where fusedops was slower than eager."""
+    rows = []
+    for i, (fused, eager) in enumerate([(1.0, 2.0), (1.1, 1.0), (1.2, 3.0), (3.0, 2.0)]):
+        for contender, family, ms in (("cublas", "cublas", 1.0), ("fusedops", "fusedops", fused),
+                                      ("eager", "eager", eager)):
+            rows.append(dict(_row(contender, family, "fp16", ms, dtype="fp16", problem=None), M=i + 1))
+    for case in range(4):
+        R.finish_case_rows(rows[3 * case:3 * case + 3])
+    assert R.percentile([3, 1, 2, 4], 50) == 2 and R.percentile([3, 1, 2, 4], 90) == 4
+    text = R.ratio_summary_table(rows)
+    line = next(l for l in text.splitlines() if l.startswith("linear_bn_gelu_relu"))
+    cells = line.split()
+    # x floor 1.0, 1.1, 1.2, 3.0: median 1.10, p90 3.00, worst 3.00 at M 4; x eager 0.5, 1.1, 0.4, 1.5: 2 slower
+    assert cells[3:6] == ["4", "1.10", "3.00"] and "3.00 (4 4096 4096)" in line
+    assert cells[-1] == "2" and "1.50 (4 4096 4096)" in line
