@@ -3,6 +3,7 @@ settings and sizes at the edge of the kernels' int32 indexing. Where a crash or 
 the call runs in a fresh Python process, so a crash fails one test instead of ending the run."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -86,9 +87,7 @@ def test_shape_errors_on_cuda_raise_in_a_fresh_process(case):
         except RuntimeError as e:
             print("raised:", e)
     """))
-    assert "raised:" in out, out
-    import re
-    assert re.search(message, out), out
+    assert "raised:" in out and re.search(message, out), out
 
 
 # ---- FUSEDOPS_FORCE_ARCH ----
