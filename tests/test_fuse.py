@@ -9,7 +9,7 @@ from torch import nn
 import fusedops
 from fusedops.fuse import fuse
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # (gpu: run by the GPU suite, skipped without one)
 
 
 def trained_batch_norm(bn):
