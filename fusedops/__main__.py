@@ -62,8 +62,7 @@ def median_ms(fn, device, repeats):
     return statistics.median(times)
 
 
-def demo(device_name, scale, repeats):
-    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+def demo(device, scale, repeats):
     if scale is None:
         scale = 1 if device.type == "cuda" else 16
     print(f"fusedops {fusedops.__version__} demo on {device}"
@@ -102,14 +101,31 @@ def main(argv=None):
     p_info.add_argument("--json", action="store_true", help="the full build info and manifest as JSON")
     p_demo = sub.add_parser("demo", help="run both seed problems through the fused ops against PyTorch")
     p_demo.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
-    p_demo.add_argument("--scale", type=int, default=None, help="divide M, K, N by this (default: 1 GPU, 16 CPU)")
-    p_demo.add_argument("--repeats", type=int, default=None, help="timed runs per case (default: 50 GPU, 3 CPU)")
+    p_demo.add_argument("--scale", type=positive_int, default=None,
+                        help="divide M, K, N by this (default: 1 GPU, 16 CPU)")
+    p_demo.add_argument("--repeats", type=positive_int, default=None,
+                        help="timed runs per case (default: 50 GPU, 3 CPU)")
     args = parser.parse_args(argv)
     if args.command == "info":
         return info(args.json)
-    repeats = args.repeats or (50 if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) != "cpu"
-                               else 3)
-    return demo(args.device, args.scale, repeats)
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        p_demo.error(f"argument --device: {e}")
+    if device.type not in ("cpu", "cuda"):
+        p_demo.error(f"argument --device: the demo runs on cpu or cuda; got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p_demo.error("argument --device: cuda asked for, but torch sees no CUDA GPU here (use --device cpu)")
+    repeats = args.repeats or (50 if device.type == "cuda" else 3)
+    return demo(device, args.scale, repeats)
+
+
+def positive_int(text):
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {value}")
+    return value
 
 
 def run_cli():

@@ -7,6 +7,10 @@ import torch
 from torch import Tensor, nn
 
 
+def _mode(module: nn.Module) -> str:
+    return "training: runs the PyTorch composite" if module.training else "eval: runs the fused op"
+
+
 class LinearReLU(nn.Module):
     """relu(linear(x)). State dict keys: weight, bias (as nn.Linear)."""
 
@@ -21,7 +25,8 @@ class LinearReLU(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, precision: Optional[str] = None) -> "LinearReLU":
-        """Wraps an existing nn.Linear, sharing (not copying) its parameters."""
+        """Wraps an existing nn.Linear, sharing (not copying) its parameters, in the linear's mode: a fresh nn.Linear
+        is in training mode, where this module runs the PyTorch composite; call .eval() to run the fused op."""
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta",
                      precision=precision)
         module.weight = linear.weight
@@ -37,7 +42,7 @@ class LinearReLU(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, precision={self.precision}")
+                f"bias={self.bias is not None}, precision={self.precision}, {_mode(self)}")
 
 
 class LinearBNGeluReLU(nn.Module):
@@ -54,7 +59,8 @@ class LinearBNGeluReLU(nn.Module):
     @classmethod
     def from_modules(cls, linear: nn.Linear, batch_norm: nn.BatchNorm1d,
                      precision: Optional[str] = None) -> "LinearBNGeluReLU":
-        """Wraps existing modules, sharing (not copying) their parameters and buffers."""
+        """Wraps existing modules, sharing (not copying) their parameters and buffers, in the linear's mode (training
+        mode runs the PyTorch composite; call .eval() to run the fused op)."""
         if batch_norm.num_features != linear.out_features:
             raise ValueError(f"batch_norm.num_features ({batch_norm.num_features}) must equal "
                              f"linear.out_features ({linear.out_features})")
@@ -78,3 +84,6 @@ class LinearBNGeluReLU(nn.Module):
                                                           bn.bias, bn.eps)
         return torch.ops.fusedops.linear_bn_gelu_relu(x, self.gemm.weight, self.gemm.bias, mean, var, bn.weight,
                                                       bn.bias, bn.eps, precision=self.precision)
+
+    def extra_repr(self) -> str:
+        return f"precision={self.precision}, {_mode(self)}"

@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def cpp_client():
-    """examples/cpp built once per test session (test_deploy and test_export both run it)."""
+def cpp_client(tmp_path_factory):
+    """examples/cpp built once per test session (test_deploy and test_export both run it), in a temporary folder."""
     from deploy_helpers import build_cpp_client
-    return build_cpp_client()
+    return build_cpp_client(tmp_path_factory.mktemp("cpp-client"))

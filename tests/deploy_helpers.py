@@ -14,7 +14,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 CPP_EXAMPLE = REPO / "examples" / "cpp"
-CPP_BUILD = REPO / "build" / "cpp-client"
 
 # Installed first thing in a subprocess: a meta-path finder that makes `import triton` (and any
 # triton.* submodule) fail as if Triton were not installed.
@@ -164,16 +163,17 @@ class Venv:
 
 # --- the C++ client -----------------------------------------------------------------------------
 
-def build_cpp_client():
-    """Configures (each time: cheap once cached) and builds examples/cpp into build/cpp-client."""
+def build_cpp_client(build_dir):
+    """Configures and builds examples/cpp into build_dir: a folder of the tests' own, never the build/cpp-client that
+    examples/cpp/README.md gives users (CMake caches the libtorch it first found there)."""
     if shutil.which("cmake") is None or not (shutil.which("c++") or shutil.which("g++")):
         pytest.skip("the C++ client needs cmake and a C++ compiler")
-    configure = ["cmake", "-S", str(CPP_EXAMPLE), "-B", str(CPP_BUILD), "-DCMAKE_BUILD_TYPE=Release",
+    configure = ["cmake", "-S", str(CPP_EXAMPLE), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
     check(subprocess.run(configure, capture_output=True, text=True, timeout=600), "cmake configure")
-    check(subprocess.run(["cmake", "--build", str(CPP_BUILD), "--parallel", str(os.cpu_count() or 1)],
+    check(subprocess.run(["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 1)],
                          capture_output=True, text=True, timeout=1200), "cmake --build")
-    client = CPP_BUILD / "fusedops_client"
+    client = Path(build_dir) / "fusedops_client"
     assert client.is_file()
     return client
 

@@ -62,6 +62,15 @@ def test_from_modules_shares_parameters_and_training_updates_stats():
         LinearBNGeluReLU.from_modules(nn.Linear(8, 6), nn.BatchNorm1d(5))
 
 
+def test_modules_say_which_path_they_run():
+    """A module made from a fresh nn.Linear is in training mode (the PyTorch composite): its repr says so."""
+    m = LinearReLU.from_linear(nn.Linear(4, 3))
+    assert m.training and "training: runs the PyTorch composite" in repr(m)
+    assert "eval: runs the fused op" in repr(m.eval())
+    bn = LinearBNGeluReLU.from_modules(nn.Linear(4, 3), nn.BatchNorm1d(3)).eval()
+    assert "eval: runs the fused op" in repr(bn)
+
+
 def test_linear_relu_module():
     torch.manual_seed(2)
     lin = nn.Linear(9, 4)
@@ -106,6 +115,17 @@ def test_demo_cli_cpu_small():
     assert out.returncode == 0, out.stderr
     assert "problem 41" in out.stdout and "problem 76" in out.stdout
     assert "FAIL" not in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--scale", "0"), "argument --scale: must be an integer >= 1; got 0"),
+    (("--repeats", "0"), "argument --repeats: must be an integer >= 1; got 0"),
+    (("--device", "tpu"), "argument --device"),
+    (("--device", "meta"), "argument --device: the demo runs on cpu or cuda"),
+] + ([] if torch.cuda.is_available() else [(("--device", "cuda"), "torch sees no CUDA GPU here")]))
+def test_demo_cli_refuses_bad_arguments_clearly(args, message):
+    out = run_module("demo", *args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_no_triton_import_in_package():
