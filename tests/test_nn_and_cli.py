@@ -94,13 +94,16 @@ def run_module(*args):
 
 
 def test_info_cli():
+    """The summary first (version, this machine's GPU and how it is served, archs), the variants behind a flag."""
     out = run_module("info")
     assert out.returncode == 0, out.stderr
-    assert fusedops.__version__ in out.stdout
-    assert "sm_89" in out.stdout and "sm_90" in out.stdout
-    assert "linear_bn_gelu_relu__fp16__sm89" in out.stdout
-    status = "served" if torch.cuda.is_available() else "no CUDA GPU"
-    assert status in out.stdout
+    lines = out.stdout.splitlines()
+    assert fusedops.__version__ in lines[0]
+    assert lines[1].startswith("GPU") and ("served" if torch.cuda.is_available() else "no CUDA GPU") in lines[1]
+    assert "sm_89" in out.stdout and "sm_90" in out.stdout and "kernel variants" in out.stdout
+    assert "linear_bn_gelu_relu__fp16__sm89" not in out.stdout and len(lines) < 10
+    listed = run_module("info", "--variants")
+    assert listed.returncode == 0 and "linear_bn_gelu_relu__fp16__sm89" in listed.stdout
 
 
 def test_info_cli_json():
@@ -115,6 +118,9 @@ def test_demo_cli_cpu_small():
     assert out.returncode == 0, out.stderr
     assert "problem 41" in out.stdout and "problem 76" in out.stdout
     assert "FAIL" not in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith("problem") and "linear" in line]
+    assert len(rows) == 2 and "speedup" not in out.stdout, out.stdout  # one row per problem, no speed claim
+    assert "docs/PERF.md" in out.stdout
 
 
 @pytest.mark.parametrize("args,message", [
