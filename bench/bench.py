@@ -138,8 +138,9 @@ def build_parser():
     p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
                    help="input dtypes (seed problems and sweep)")
-    p.add_argument("--seeds", default=None, help="seed document folder (default: <repo>/shared/seeds, then "
-                   "<repo>/../shared/seeds)")
+    p.add_argument("--seeds", default=None, help="the project's seed documents (the Triton kernels the ops started "
+                   "from), timed as the 'seed' contender where present; default: <repo>/shared/seeds, then "
+                   "<repo>/../shared/seeds. A clone without them runs every other contender")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (same as --compile none)")
     p.add_argument("--compile", choices=COMPILE_SCOPES, default=None, dest="compile_scope",
                    help="where to time torch.compile: none, seed-fp16 (seed problems, fp16 input), seed-half (seed "
