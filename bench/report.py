@@ -167,8 +167,9 @@ def write_json(path, meta: dict, results: Sequence[dict]) -> Path:
 
 
 def plot_results(results: Sequence[dict], path) -> Optional[Path]:
-    """TFLOP/s against M (log x), one panel per (op, dtype, N, K), one line per contender. None (with a warning)
-    where matplotlib is missing or nothing was timed."""
+    """One panel per seed problem and input dtype (grouped bars: TFLOP/s per contender, the cuBLAS floor as a dashed
+    line), then one per sweep (op, dtype, N, K) (TFLOP/s against M, log x, a line per contender). None (with a
+    warning) where matplotlib is missing or nothing was timed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -176,37 +177,54 @@ def plot_results(results: Sequence[dict], path) -> Optional[Path]:
     except Exception as e:  # noqa: BLE001
         print(f"warning: no plot ({type(e).__name__}: {e}); install matplotlib for it", file=sys.stderr)
         return None
-    groups: Dict[tuple, Dict[str, list]] = {}
+    seed: Dict[tuple, List[dict]] = {}
+    sweeps: Dict[tuple, Dict[str, list]] = {}
     for r in results:
         if r.get("tflops") is None:
             continue
-        g = groups.setdefault((r["op"], r["dtype"], r["N"], r["K"]), {})
-        g.setdefault(r["contender"], []).append((r["M"], r["tflops"]))
-    if not groups:
+        if r.get("problem"):
+            seed.setdefault((r["problem"], r["dtype"]), []).append(r)
+        else:
+            sweeps.setdefault((r["op"], r["dtype"], r["N"], r["K"]), {}).setdefault(r["contender"], []).append(
+                (r["M"], r["tflops"]))
+    if not seed and not sweeps:
         print("warning: no plot (nothing was timed)", file=sys.stderr)
         return None
-    names = sorted({name for g in groups.values() for name in g})
+    names = sorted({r["contender"] for r in results if r.get("tflops") is not None})
     cmap = plt.get_cmap("tab20")
     colors = {name: cmap(i % 20) for i, name in enumerate(names)}  # one colour per contender in every panel
-    keys = sorted(groups, key=lambda k: (OPS.index(k[0]) if k[0] in OPS else 9, DTYPES.index(k[1])
-                                         if k[1] in DTYPES else 9, k[2], k[3]))
-    ncols = min(4, len(keys))
-    nrows = math.ceil(len(keys) / ncols)
+    order = lambda k: (OPS.index(k[0]) if k[0] in OPS else 9, DTYPES.index(k[1]) if k[1] in DTYPES else 9,  # noqa
+                       *k[2:])
+    panels = [("seed", key) for key in sorted(seed, key=lambda k: (k[0], DTYPES.index(k[1]) if k[1] in DTYPES
+                                                                   else 9))]
+    panels += [("sweep", key) for key in sorted(sweeps, key=order)]
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.9 * nrows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        for name, pts in sorted(groups[key].items()):
-            pts = sorted(pts)
-            style = "-" if not name.startswith("cublas[") and name != "cublas" else "--"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, color=colors[name],
-                    lw=1.6 if "fusedops" in name else 1.0, label=name)
-        op, dt, n, k = key
-        ax.set_title(f"{op} {dt} N={n} K={k}", fontsize=9)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("M")
+    for ax, (kind, key) in zip(axes.flat, panels):
+        if kind == "seed":
+            rows = seed[key]
+            ax.bar(range(len(rows)), [r["tflops"] for r in rows], color=[colors[r["contender"]] for r in rows])
+            ax.set_xticks(range(len(rows)), [r["contender"] for r in rows], rotation=40, ha="right", fontsize=7)
+            for floor in {r["tflops"] for r in rows if r["family"] == "cublas"}:
+                ax.axhline(floor, ls="--", lw=1, color="black", alpha=0.6)
+            r0 = rows[0]
+            ax.set_title(f"{key[0]}: {r0['op']} {key[1]} M={r0['M']} N={r0['N']} K={r0['K']} (dashed: cuBLAS)",
+                         fontsize=8)
+        else:
+            for name, pts in sorted(sweeps[key].items()):
+                pts = sorted(pts)
+                style = "-" if not name.startswith("cublas[") and name != "cublas" else "--"
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, color=colors[name],
+                        lw=1.6 if "fusedops" in name else 1.0, label=name)
+            op, dt, n, k = key
+            ax.set_title(f"{op} {dt} N={n} K={k}", fontsize=9)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("M")
+            ax.legend(fontsize=6)
         ax.set_ylabel("TFLOP/s")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
     path = Path(path)

@@ -133,7 +133,10 @@ def test_write_json(tmp_path):
 
 
 def test_plot_results(tmp_path, capsys):
-    rows = [dict(_row("fusedops", "fusedops", "fp16", 1.0, dtype="fp16"), M=m, tflops=float(m)) for m in (1, 16)]
+    rows = [dict(_row("fusedops", "fusedops", "fp16", 1.0, dtype="fp16", problem=None), M=m, tflops=float(m))
+            for m in (1, 16)]  # a sweep: lines against M
+    rows += [dict(_row(name, family, "fp16", 1.0, dtype="fp16"), tflops=t)  # a seed problem: bars, floor dashed
+             for name, family, t in (("cublas", "cublas", 700.0), ("fusedops", "fusedops", 650.0))]
     out = R.plot_results(rows, tmp_path / "p.png")
     try:
         import matplotlib  # noqa: F401
