@@ -8,7 +8,13 @@ from torch import Tensor
 PRECISIONS = ("auto", "ieee", "tf32", "fp16")
 
 
-def linear_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
+def _keyword_only(name, extra):
+    """A TypeError for precision given by position (it is keyword-only, like the op's .precision overload's)."""
+    return TypeError(f"fusedops.{name}: precision is a keyword argument, e.g. {name}(..., precision={extra[0]!r}); "
+                     f"got {len(extra)} positional argument(s) past the op's own")
+
+
+def linear_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *extra,
                 precision: Optional[str] = None) -> Tensor:
     """relu(x @ weight.T + bias), fused. x: [..., K]; weight: [N, K] as nn.Linear stores it.
 
@@ -18,6 +24,8 @@ def linear_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
       "tf32"         TF32 tensor cores (~1e-3 relative error)
       "fp16"         operands rounded to fp16 in registers, fp32 accumulate and output (fastest)
     """
+    if extra:
+        raise _keyword_only("linear_relu", extra)
     op = torch.ops.fusedops.linear_relu
     if precision is None:
         return op.default(x, weight, bias)
@@ -26,8 +34,10 @@ def linear_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
 
 def linear_bn_gelu_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], running_mean: Tensor,
                         running_var: Tensor, bn_weight: Optional[Tensor] = None, bn_bias: Optional[Tensor] = None,
-                        eps: float = 1e-5, *, precision: Optional[str] = None) -> Tensor:
+                        eps: float = 1e-5, *extra, precision: Optional[str] = None) -> Tensor:
     """relu(gelu(batch_norm_eval(x @ weight.T + bias))), exact-erf GELU, fused. precision: see linear_relu."""
+    if extra:
+        raise _keyword_only("linear_bn_gelu_relu", extra)
     op = torch.ops.fusedops.linear_bn_gelu_relu
     if precision is None:
         return op.default(x, weight, bias, running_mean, running_var, bn_weight, bn_bias, eps)

@@ -155,3 +155,12 @@ def bad_input_cases():
 def test_bad_input_gives_clear_error(case, call, message):
     with pytest.raises(RuntimeError, match=message):
         call()
+
+
+def test_precision_given_by_position_names_the_keyword():
+    x, w, b, v = torch.randn(4, 8), torch.randn(6, 8), torch.randn(6), torch.rand(6) + 0.5
+    message = r"precision is a keyword argument, e.g. linear_relu\(\.\.\., precision='fp16'\)"
+    with pytest.raises(TypeError, match=message):
+        fusedops.linear_relu(x, w, b, "fp16")
+    with pytest.raises(TypeError, match="fusedops.linear_bn_gelu_relu: precision is a keyword argument"):
+        fusedops.linear_bn_gelu_relu(x, w, b, v, v, None, None, 1e-5, "tf32")
