@@ -43,6 +43,6 @@ torch.ops.load_library(library_path)
 
 from ._ops import linear_bn_gelu_relu, linear_relu, build_info  # noqa: E402
 from . import nn  # noqa: E402
-from .fuse import fuse  # noqa: E402
+from .fusion import fuse  # noqa: E402
 
 __all__ = ["linear_bn_gelu_relu", "linear_relu", "build_info", "fuse", "nn", "library_path", "__version__"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusedops
-from fusedops.fuse import fuse
+from fusedops.fusion import fuse
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # (gpu: run by the GPU suite, skipped without one)
 
@@ -220,3 +220,23 @@ def test_verbose_names_each_chain(capsys):
     assert "block.0 -> block.1 -> block.2 -> block.3 -> block.4 => linear_bn_gelu_relu" in out, out
     assert "head.0 -> head.1 => linear_relu" in out, out
     assert fusedops.fuse is fuse
+
+
+def test_a_graph_the_pass_fails_on_falls_back_to_the_children(monkeypatch):
+    """fuse never raises for a model that ran: where rewriting a traced graph fails, that module is left as it was
+    and its children are fused one by one."""
+    import fusedops.fusion as fuse_module
+    real = fuse_module._fuse_graph
+
+    def failing_at_the_root(gm, path, precision, report):
+        if path == "":
+            report.fused.append("half-done")
+            raise RuntimeError("unexpected graph")
+        return real(gm, path, precision, report)
+
+    monkeypatch.setattr(fuse_module, "_fuse_graph", failing_at_the_root)
+    model = SequentialChains().eval()
+    x = torch.randn(3, 16)
+    fused, report = fuse(model, return_report=True)
+    assert "half-done" not in report.fused and len(report.fused) == 2 and fused_op_calls(fused, x) == 2
+    assert_same(fused(x), model(x))

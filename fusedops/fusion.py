@@ -92,10 +92,17 @@ def _fuse_module(module: nn.Module, path: str, precision: str, report: FuseRepor
     except Exception:  # noqa: BLE001  (tracing fails on data-dependent Python; then go one level down)
         graph_module = None
     if graph_module is not None:
-        if not _fuse_graph(graph_module, path, precision, report):
+        fused_before = len(report.fused)
+        try:
+            count = _fuse_graph(graph_module, path, precision, report)
+        except Exception:  # noqa: BLE001  (a graph form this pass does not expect: leave it to the children)
+            del report.fused[fused_before:]
+            count = None
+        if count == 0:
             return module
-        _keep_unused_state(module, graph_module)
-        return graph_module
+        if count:
+            _keep_unused_state(module, graph_module)
+            return graph_module
     if not list(module.children()):
         report.untraced.append(path or type(module).__name__)
         return module
