@@ -91,9 +91,9 @@ class BuildWithKernels(BuildExtension):
                 ext.sources.append(str(generated))
         super().run()
         for ext in self.extensions:
-            check_shared_cxx_runtime(Path(self.get_ext_fullpath(ext.name)))
-        for ext in self.extensions:  # what the package checks before it loads the binary
-            info = Path(self.get_ext_fullpath(ext.name)).with_name("_build_info.json")
+            library = Path(self.get_ext_fullpath(ext.name))
+            check_shared_cxx_runtime(library)
+            info = library.with_name("_build_info.json")  # what the package checks before it loads the binary
             info.write_text(json.dumps({"version": VERSION, "torch": torch.__version__,
                                         "torch_cuda": torch.version.cuda, "archs": archs}) + "\n")
 

@@ -33,6 +33,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._ops import PRECISIONS
+
 _RELU_FUNCTIONS = (torch.relu, torch.relu_, F.relu)
 _SKIPPED_MODULES = (nn.Dropout, nn.Identity)
 
@@ -69,8 +71,9 @@ def fuse(model: nn.Module, *, precision: Optional[str] = None, inplace: bool = F
          return_report: bool = False):
     """The model with every chain the fused ops compute replaced by one op call (see the module's doc). precision:
     the fused ops' precision argument for float32 models ("auto", "ieee", "tf32", "fp16"; None: "auto")."""
-    if precision not in (None, "auto", "ieee", "tf32", "fp16"):
-        raise ValueError(f"fuse: precision must be None, 'auto', 'ieee', 'tf32' or 'fp16'; got {precision!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"fuse: precision must be None or one of {', '.join(map(repr, PRECISIONS))}; "
+                         f"got {precision!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse: model must be an nn.Module; got {type(model).__name__}")
     report = FuseReport()
