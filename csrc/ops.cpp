@@ -123,6 +123,7 @@ at::Tensor run_meta(const Call& c) {
 // Reference from ATen ops, in fp32, rounded to x's dtype at the end (the kernels' contract).
 at::Tensor run_cpu(const Call& c) {
   check_call(c);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // see run_cuda
   auto f32 = [](const OptTensor& t) -> OptTensor { return t.has_value() ? OptTensor(t->to(at::kFloat)) : t; };
   const int64_t n = c.weight.size(0);
   at::Tensor y = at::linear(c.x.to(at::kFloat), c.weight.to(at::kFloat), f32(c.bias));
@@ -138,6 +139,9 @@ at::Tensor run_cpu(const Call& c) {
 
 at::Tensor run_cuda(const Call& c) {
   check_call(c);
+  // This op has no autograd kernel (torch's fallback passes parameters that require grad straight through), so the
+  // ATen calls below must not see autograd either: at::mm_out would refuse an out= with such inputs.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t K = c.x.size(-1);
   const int64_t N = c.weight.size(0);
   const int64_t M = c10::multiply_integers(c.x.sizes().begin(), c.x.sizes().end() - 1);

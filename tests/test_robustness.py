@@ -348,3 +348,30 @@ def test_k_zero_in_every_size_bucket(op, dtype, precision):
         out = run_fused(op, p, **kw)
         torch.testing.assert_close(out, reference(op, p, dtype=torch.float32).to(dtype), rtol=2e-3, atol=2e-3)
         assert "__generic__" in torch.ops.fusedops._last_launch(), torch.ops.fusedops._last_launch()
+
+
+# ---- tensors that require grad ----
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=gpu)])
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype,precision", [(torch.float16, None), (torch.float32, "fp16"), (torch.float32, "ieee")],
+                         ids=["fp16", "fp32_fp16", "ieee"])
+def test_parameters_that_require_grad(device, op, dtype, precision):
+    """A module's parameters require grad, and a model run without torch.no_grad() passes them as they are. The op
+    has no backward yet, but the forward must still run every kernel family: the launcher's own ATen calls (cuBLAS's
+    GEMM into the output for fp32 'ieee' while torch keeps matmuls in fp32, the fp16 copy of the weight, split-K's
+    buffers) must not meet autograd."""
+    kw = {} if precision is None else {"precision": precision}
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # 'ieee' then takes the cuBLAS-GEMM variants where the rules say so
+    try:
+        for m, n, k in ((300, 272, 1040), (64, 4096, 4096), (5, 33, 17)):
+            p = make_problem((m,), n, k, dtype, device=device, seed=m)
+            for key in ("weight", "bias", "bn_weight", "bn_bias"):
+                p[key].requires_grad_(True)
+            out = run_fused(op, p, **kw)
+            with torch.no_grad():
+                want = reference(op, p, dtype=torch.float32).to(dtype)
+            torch.testing.assert_close(out.detach(), want, rtol=2e-2, atol=2e-2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
