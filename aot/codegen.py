@@ -58,7 +58,7 @@ def generate_cpp(manifest, out):
     lines += ["};", f"const size_t kNumVariants = {len(built)};", "", "const Rule kRules[] = {"]
     lines += [designated(dict(arch=r["arch"], op=f"Op::{r['op']}", precision=f"Precision::{r['precision']}",
                               layout=f"Layout::{r['layout']}", max_m=r["max_m"], max_n=r["max_n"], max_k=r["max_k"],
-                              variant=r["variant"])) for r in rules]
+                              fallback=cpp_bool(r["fallback"]), variant=r["variant"])) for r in rules]
     lines += ["};", f"const size_t kNumRules = {len(rules)};", ""]
     text = manifest_text(manifest)
     lines.append("const char* const kManifestJson =")

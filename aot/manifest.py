@@ -145,13 +145,22 @@ def check(manifest):
         _fail("manifest.rules", "a non-empty list", rules)
     for i, r in enumerate(rules):
         where = f"manifest.rules[{i}]"
-        _record(where, r, ("arch", "op", "precision", "layout", "max_m", "max_n", "max_k", "variant"))
+        _record(where, r, ("arch", "op", "precision", "layout", "max_m", "max_n", "max_k", "fallback", "variant"))
         for key in ("max_m", "max_n", "max_k"):
             _int(f"{where}.{key}", r[key], -1, (1 << 62))
+        if type(r["fallback"]) is not bool:
+            _fail(f"{where}.fallback", "true or false", r["fallback"])
         v = variants[_int(f"{where}.variant", r["variant"], 0, len(variants) - 1)]
         if (r["arch"], r["op"], r["precision"], r["layout"]) != (v["arch"], v["op"], v["precision"], v["layout"]):
             _fail(where, f"for the arch, op, precision and layout of the variant it names ({v['name']})",
                   [r["arch"], r["op"], r["precision"], r["layout"]])
+        if r["fallback"] and (r["layout"] != "generic" or spec.KERNELS[v["kernel"]]["cublas_gemm"]):
+            _fail(where, "a fallback rule naming a generic-layout kernel of Triton's (not cuBLAS's GEMM)", v["name"])
+    # every (arch, op, precision) has one fallback (dispatch takes it where cuBLAS cannot take a call)
+    keys = {(r["arch"], r["op"], r["precision"]) for r in rules}
+    fallbacks = [(r["arch"], r["op"], r["precision"]) for r in rules if r["fallback"]]
+    if sorted(fallbacks) != sorted(keys):
+        _fail("manifest.rules", "one fallback rule per arch, op and precision", sorted(fallbacks))
 
 
 def check_binaries(manifest, kernels_dir):

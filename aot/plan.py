@@ -71,11 +71,19 @@ def plan_variants(archs):
                 for rule in op_rules:
                     rules.append(dict(arch=arch, op=op, precision=precision, layout="aligned",
                                       max_m=rule.get("max_m", -1), max_n=rule.get("max_n", -1),
-                                      max_k=rule.get("max_k", -1),
+                                      max_k=rule.get("max_k", -1), fallback=False,
                                       variant=variant_for(arch, op, precision, "aligned", rule["config"])))
                 rules.append(dict(arch=arch, op=op, precision=precision, layout="generic", max_m=-1, max_n=-1,
-                                  max_k=-1, variant=variant_for(arch, op, precision, "generic",
+                                  max_k=-1, fallback=False, variant=variant_for(arch, op, precision, "generic",
                                                                 table["generic"][table_key])))
+                # where a rule names a cuBLAS-GEMM variant that cannot take the call (csrc/dispatch.cpp: cublas_takes)
+                fallback = table.get("fallback", {}).get(table_key, table["generic"][table_key])
+                if spec.KERNELS[fallback.get("KERNEL", "tiled")]["cublas_gemm"]:
+                    raise SystemExit(f"sm_{table_arch}.json: the fallback for {table_key!r} (fallback[{table_key!r}], "
+                                     f"else generic[{table_key!r}]) must not be a cuBLAS-GEMM kernel")
+                rules.append(dict(arch=arch, op=op, precision=precision, layout="generic", max_m=-1, max_n=-1,
+                                  max_k=-1, fallback=True,
+                                  variant=variant_for(arch, op, precision, "generic", fallback)))
         for v in variants:
             if v["arch"] == arch:
                 v["tuning_table"] = f"sm_{table_arch}.json"

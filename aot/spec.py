@@ -32,11 +32,14 @@ KERNELS = {
     "coop": {"source": "kernels/fused_linear_coop.py", "function": "fused_linear_coop_kernel", "layouts": ("aligned",),
              "min_arch": 90, "max_arch": 90, "dots": ("native", "tf32"), "persistent": True, "stages_constexpr": True,
              "knobs": {"TMA_STORE": 0}, "requires": {}, "cublas_gemm": False, "options": {"maxnreg": 168}},
-    # fp32 'ieee': cuBLAS's SGEMM (exact fp32 products, ~2x Triton's FMA main loop), then the epilogue in place. Only
-    # where torch keeps cuBLAS on fp32 (allow_tf32 off); otherwise the launcher takes the generic rule's kernel.
-    "cublas": {"source": "kernels/fused_linear.py", "function": "fused_epilogue_kernel", "layouts": ("aligned",),
-               "min_arch": 80, "max_arch": None, "dots": ("ieee",), "persistent": False, "stages_constexpr": False,
-               "knobs": {}, "requires": {}, "cublas_gemm": True},
+    # cuBLAS's GEMM into y, then the epilogue in place (one read and write of y more than a fused kernel). fp32 'ieee':
+    # cuBLAS's SGEMM gives exact fp32 products at ~2x Triton's FMA main loop. fp16/bf16: cuBLAS's own kernels for the
+    # shapes the Triton kernels serve worse (x or W not 16-aligned, and the shape regions in the tables' notes). Where
+    # cuBLAS cannot take a call (fp32 'ieee' while torch runs cuBLAS in TF32; operands of 2^31 elements or more), the
+    # launcher takes the table's fallback kernel (aot/tables.py).
+    "cublas": {"source": "kernels/fused_linear.py", "function": "fused_epilogue_kernel",
+               "layouts": ("aligned", "generic"), "min_arch": 80, "max_arch": None, "dots": ("ieee", "native"),
+               "persistent": False, "stages_constexpr": False, "knobs": {}, "requires": {}, "cublas_gemm": True},
 }
 
 

@@ -3,16 +3,18 @@
     aot/tuning/sm_<arch>.json            the rules (build input: hashed into the kernel source digest), one per line
     aot/tuning/evidence/sm_<arch>.json   how they were chosen: notes, tuner runs, timings (never read by the build)
 
-A rules file holds {"arch", "rules": {tuning key: [rule, ...]}, "generic": {tuning key: config}}; a rule is
-{"ops"?, "max_m"?, "max_n"?, "max_k"?, "config"}, and for an (arch, op, precision) the first rule whose bounds hold
-wins. Editing the evidence changes no kernel build, so prebuilt kernels still relink after it.
+A rules file holds {"arch", "rules": {tuning key: [rule, ...]}, "generic": {tuning key: config}, "fallback"?:
+{tuning key: config}}; a rule is {"ops"?, "max_m"?, "max_n"?, "max_k"?, "config"}, and for an (arch, op, precision)
+the first rule whose bounds hold wins. "fallback" (default: the "generic" config) is a Triton kernel for the calls a
+rule's cuBLAS-GEMM kernel cannot take. Editing the evidence changes no kernel build, so prebuilt kernels still relink
+after it.
 """
 import json
 from pathlib import Path
 
 TUNING_DIR = Path(__file__).resolve().parent / "tuning"
 EVIDENCE_DIR = TUNING_DIR / "evidence"
-RULE_KEYS = ("arch", "rules", "generic")
+RULE_KEYS = ("arch", "rules", "generic", "fallback")  # "fallback" optional
 
 
 def rules_path(arch):
@@ -57,15 +59,22 @@ def rules_text(table):
         lines += [f"   {json.dumps(rule)}{',' if j < len(rules) - 1 else ''}" for j, rule in enumerate(rules)]
         lines.append(f"  ]{',' if i < len(keys) - 1 else ''}")
     lines += [" },", ' "generic": {']
-    generic = list(table["generic"].items())
-    lines += [f"  {json.dumps(key)}: {json.dumps(config)}{',' if i < len(generic) - 1 else ''}"
-              for i, (key, config) in enumerate(generic)]
-    lines += [" }", "}", ""]
+    for section in ("generic", "fallback"):
+        if section == "fallback":
+            if not table.get("fallback"):
+                break
+            lines[-1] += ","
+            lines.append(' "fallback": {')
+        configs = list(table[section].items())
+        lines += [f"  {json.dumps(key)}: {json.dumps(config)}{',' if i < len(configs) - 1 else ''}"
+                  for i, (key, config) in enumerate(configs)]
+        lines.append(" }")
+    lines += ["}", ""]
     return "\n".join(lines)
 
 
 def write(arch, table, evidence):
     """Writes an arch's rules (the RULE_KEYS of `table`) and its evidence."""
-    rules_path(arch).write_text(rules_text({k: table[k] for k in RULE_KEYS}))
+    rules_path(arch).write_text(rules_text({k: table[k] for k in RULE_KEYS if k in table}))
     EVIDENCE_DIR.mkdir(exist_ok=True)
     evidence_path(arch).write_text(json.dumps(evidence, indent=1) + "\n")

@@ -205,18 +205,27 @@ LoadedKernel load_function(DeviceState& state, int device, int variant_index, bo
   return loaded;
 }
 
-// The first rule of (arch, op, precision, layout) whose bounds hold.
+// The first (non-fallback) rule of (arch, op, precision, layout) whose bounds hold; with `fallback`, the fallback
+// rule of (arch, op, precision).
 const Variant& first_matching_rule(int arch, Op op, Precision precision, Layout layout, int64_t M, int64_t N,
-                                   int64_t K) {
+                                   int64_t K, bool fallback = false) {
   auto within = [](int64_t bound, int64_t value) { return bound < 0 || value <= bound; };
   for (size_t i = 0; i < kNumRules; ++i) {
     const Rule& r = kRules[i];
-    if (r.arch == arch && r.op == op && r.precision == precision && r.layout == layout && within(r.max_m, M) &&
-        within(r.max_n, N) && within(r.max_k, K))
+    if (r.arch == arch && r.op == op && r.precision == precision && r.fallback == fallback &&
+        (fallback || (r.layout == layout && within(r.max_m, M) && within(r.max_n, N) && within(r.max_k, K))))
       return kVariants[r.variant];
   }
   TORCH_CHECK(false, "fusedops: this build has no ", op_name(op), " kernel for precision ",
               precision_name(precision), ", layout ", layout_name(layout), " on sm_", arch);
+}
+
+// Whether cuBLAS's GEMM, as at::mm runs it now, can serve a call: for fp32 'ieee' only while torch keeps cuBLAS off
+// TF32; and every operand within cuBLAS's int32 element counts (it fails on an M x N output of 2^31 elements).
+bool cublas_takes(Precision precision, int64_t M, int64_t N, int64_t K) {
+  if (precision == Precision::fp32_ieee && at::globalContext().allowTF32CuBLAS()) return false;
+  const int64_t most = std::max({M * N, M * K, N * K});  // each extent < 2^31 (run_cuda): no overflow
+  return most <= INT32_MAX;
 }
 
 // Split-K tile counters. A kernel's last program per tile sets that tile's counter back to 0, so one zeroed buffer
@@ -286,10 +295,8 @@ int64_t tile_counter_buffers() {
 const Variant& select_variant(int arch, Op op, Precision precision, Layout layout, int64_t M, int64_t N,
                               int64_t K) {
   const Variant& v = first_matching_rule(arch, op, precision, layout, M, N, K);
-  // at::mm runs cuBLAS in TF32 while torch allows it, so an explicit precision="ieee" then takes the generic rule's
-  // kernel (true fp32 products on the FMA units; the generic rule never names a cuBLAS variant: aot/spec.py)
-  if (v.cublas_gemm && at::globalContext().allowTF32CuBLAS())
-    return first_matching_rule(arch, op, precision, Layout::generic, M, N, K);
+  if (v.cublas_gemm && !cublas_takes(precision, M, N, K))
+    return first_matching_rule(arch, op, precision, layout, M, N, K, /*fallback=*/true);
   return v;
 }
 

@@ -33,7 +33,8 @@ std::string last_launch();
 int64_t tile_counter_buffers();
 
 // The variant a call runs on this arch: the first rule of (arch, op, precision, layout) whose bounds hold, except that
-// a variant whose GEMM is cuBLAS's gives way to the generic rule's while torch lets cuBLAS run fp32 in TF32.
+// a variant whose GEMM is cuBLAS's gives way to the fallback rule's where cuBLAS cannot take the call (fp32 'ieee'
+// while torch lets cuBLAS run fp32 in TF32; operands of 2^31 elements or more).
 const Variant& select_variant(int arch, Op op, Precision precision, Layout layout, int64_t M, int64_t N, int64_t K);
 
 // select_variant by the names aot/spec.py gives arch, op, precision and layout: the one rule matcher the tests, the

@@ -47,13 +47,15 @@ struct Variant {
   LaunchFn launch;
 };
 
-// Tile-config choice: for (arch, op, precision, layout) the first rule whose bounds hold wins.
+// Tile-config choice: for (arch, op, precision, layout) the first rule whose bounds hold wins. A fallback rule (one
+// per arch, op and precision, never cuBLAS) serves calls that the cuBLAS-GEMM variant a rule names cannot take.
 struct Rule {
   int arch;
   Op op;
   Precision precision;
   Layout layout;
   int64_t max_m, max_n, max_k;  // -1: unbounded
+  bool fallback;
   int variant;
 };
 

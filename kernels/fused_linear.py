@@ -237,9 +237,10 @@ def fused_epilogue_kernel(
     EPILOGUE: tl.constexpr, DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """EPILOGUE in place on y = x @ W^T written by cuBLAS: the fp32 'ieee' path, where cuBLAS's SGEMM runs at about
-    twice the speed of Triton's FMA main loop (1.3-5.7x faster over the sweep on the H100). It takes fused_linear_kernel's arguments, so the
-    launcher and the tuner drive both alike; one [BLOCK_M, BLOCK_N] block of y per program, rows in order."""
+    """EPILOGUE in place on y = x @ W^T written by cuBLAS: fp32 'ieee', where cuBLAS's SGEMM runs 1.3-5.7x faster than
+    Triton's FMA main loop (H100 sweep), and the half-precision shapes the tables give cuBLAS (aot/spec.py). It takes
+    fused_linear_kernel's arguments, so the launcher and the tuner drive both alike; one [BLOCK_M, BLOCK_N] block of y
+    per program, rows in order."""
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     offs_m = (pid // num_pid_n) * BLOCK_M + tl.arange(0, BLOCK_M)

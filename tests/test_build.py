@@ -70,6 +70,18 @@ def test_prebuilt_kernels_relink_elsewhere_without_triton(tmp_path):
     assert proc.returncode != 0 and "holds no manifest.json" in proc.stderr, proc.stderr[-2000:]
 
 
+def point_a_fallback_at_cublas(manifest):
+    """Points the fp16 fallback rule of some arch and op at that arch and op's generic cuBLAS-GEMM variant."""
+    for rule in manifest["rules"]:
+        if rule["fallback"] and rule["precision"] == "fp16":
+            for i, v in enumerate(manifest["variants"]):
+                if (v["kernel"], v["layout"], v["arch"], v["op"], v["precision"]) == (
+                        "cublas", "generic", rule["arch"], rule["op"], "fp16"):
+                    rule["variant"] = i
+                    return
+    raise AssertionError("no generic fp16 cuBLAS-GEMM variant to point a fallback at")
+
+
 MALICIOUS_EDITS = {
     # each: a field a manifest from elsewhere could carry, aimed at the generated C++ or assembler
     "code in cache_key": (lambda v, m: v.update(cache_key='0" */ }\n#include <cstdlib>\nint x = system("id");//'),
@@ -88,6 +100,10 @@ MALICIOUS_EDITS = {
                                                              else "linear_relu", variant=0),
                            r"rules\[0\] must be for the arch, op"),
     "no sha256": (lambda v, m: v.pop("cubin_sha256"), "older aot/build.py"),
+    "no fallback": (lambda v, m: [r.update(fallback=False) for r in m["rules"]],
+                    "one fallback rule per arch, op and precision"),
+    "cuBLAS fallback": (lambda v, m: point_a_fallback_at_cublas(m),
+                        r"must be a fallback rule naming a generic-layout kernel of Triton's"),
 }
 
 
@@ -189,3 +205,8 @@ def test_tuning_rules_apart_from_their_evidence(monkeypatch, tmp_path):
     (rules / "sm_90.json").write_text(json.dumps(dict(table, runs=[])))
     with pytest.raises(SystemExit, match=r"keys \['runs'\] belong in"):
         tables.load_rules(90)
+    # the fallback (for calls cuBLAS cannot take) must be a Triton kernel
+    (rules / "sm_90.json").write_text(json.dumps(dict(table, fallback={"half": table["generic"]["half"]})))
+    from aot import plan
+    with pytest.raises(SystemExit, match=r"the fallback for 'half' .* must not be a cuBLAS-GEMM kernel"):
+        plan.plan_variants([90])

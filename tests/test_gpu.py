@@ -158,9 +158,9 @@ def launched_grid():
 
 
 # ragged M, 16-aligned N and K (the aligned layout), spanning every bound the tables use (M 64 / 256 / 512 / 1024,
-# N 1024 / 4096, K 1024)
-RULE_PROBE_SHAPES = [(m, n, k) for m in (5, 61, 200, 300, 1000, 2100) for n in (272, 1024, 2064, 4112)
-                     for k in (512, 1040)]
+# N 1024 / 1280 / 4096, K 1024 / 4096)
+RULE_PROBE_SHAPES = [(m, n, k) for m in (5, 61, 200, 300, 1000, 2100) for n in (272, 1024, 1296, 2064, 4112)
+                     for k in (512, 1040, 4112)]
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -257,7 +257,8 @@ def test_hazard_check_flags_real_compiler_output(tmp_path):
 def test_the_rule_matcher_is_the_tables_first_match(allow_tf32):
     """torch.ops.fusedops._select_variant, the matcher dispatch uses, against the tables as the manifest holds them:
     for every (arch, op, precision, layout) and sizes on both sides of every bound, the first rule whose bounds hold,
-    except that a cuBLAS-GEMM variant gives way to the generic rule's while torch lets cuBLAS run fp32 in TF32."""
+    except that a cuBLAS-GEMM variant gives way to the fallback rule's where cuBLAS cannot take the call: fp32 'ieee'
+    while torch lets cuBLAS run fp32 in TF32, and operands of 2^31 elements or more."""
     import torch
     rules, variants = MANIFEST["rules"], MANIFEST["variants"]
     bounds = sorted({r[key] for r in rules for key in ("max_m", "max_n", "max_k") if r[key] > 0})
@@ -265,8 +266,12 @@ def test_the_rule_matcher_is_the_tables_first_match(allow_tf32):
 
     def first_match(arch, op, precision, layout, m, n, k):
         return next(variants[r["variant"]] for r in rules if (r["arch"], r["op"], r["precision"], r["layout"]) ==
-                    (arch, op, precision, layout) and all(bound < 0 or value <= bound for bound, value in
-                                                          ((r["max_m"], m), (r["max_n"], n), (r["max_k"], k))))
+                    (arch, op, precision, layout) and not r["fallback"] and all(
+                        bound < 0 or value <= bound for bound, value in ((r["max_m"], m), (r["max_n"], n), (r["max_k"], k))))
+
+    def fallback(arch, op, precision):
+        return next(variants[r["variant"]] for r in rules
+                    if (r["arch"], r["op"], r["precision"]) == (arch, op, precision) and r["fallback"])
 
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
@@ -276,8 +281,10 @@ def test_the_rule_matcher_is_the_tables_first_match(allow_tf32):
             for m in sizes:
                 for n, k in ((sizes[len(sizes) // 3], sizes[0]), (sizes[-1], sizes[len(sizes) // 2]), (m, m)):
                     want = first_match(arch, op, precision, layout, m, n, k)
-                    if spec.KERNELS[want["kernel"]]["cublas_gemm"] and allow_tf32:
-                        want = first_match(arch, op, precision, "generic", m, n, k)
+                    too_big = max(m * n, m * k, n * k) >= 2**31
+                    if spec.KERNELS[want["kernel"]]["cublas_gemm"] and (
+                            precision == "fp32_ieee" and allow_tf32 or too_big):
+                        want = fallback(arch, op, precision)
                     got = torch.ops.fusedops._select_variant(arch, op, precision, layout, m, n, k)
                     assert got == want["name"], (arch, op, precision, layout, m, n, k)
                     checked += 1

@@ -131,13 +131,14 @@ def test_force_arch_accepts_the_spellings_of_a_built_arch():
 
 # one call per kernel family the sm_90 tables use, each on a shape its rules send there (checked below on sm_90)
 FAMILY_CALLS = [("linear_relu", "float16", None, 4, 32, 64),               # tiled, split-K
-                ("linear_relu", "float16", None, 300, 272, 512),           # tiled
-                ("linear_relu", "float16", None, 2100, 272, 512),          # persistent TMA
+                ("linear_relu", "float16", None, 200, 272, 512),           # tiled
+                ("linear_relu", "float16", None, 2100, 2064, 512),         # persistent TMA
                 ("linear_bn_gelu_relu", "float32", "fp16", 2100, 1024, 512),  # Gluon wgmma on an fp16 weight copy
                 ("linear_bn_gelu_relu", "float32", "tf32", 4096, 4096, 1024),  # Gluon coop
-                ("linear_relu", "float32", "ieee", 300, 272, 1040)]         # cuBLAS's GEMM, then the epilogue
+                ("linear_relu", "float32", "ieee", 300, 272, 1040),        # cuBLAS's SGEMM, then the epilogue
+                ("linear_bn_gelu_relu", "float16", None, 300, 272, 512)]   # cuBLAS's fp16 GEMM, then the epilogue
 SM90_FAMILIES = ["split_k", "__aligned__m", "__aligned__tma_", "__aligned__wgmma_", "__aligned__coop_",
-                 "after cuBLAS's GEMM"]
+                 "after cuBLAS's GEMM", "after cuBLAS's GEMM"]
 
 FAMILY_SETUP = f"""
     import torch, fusedops
