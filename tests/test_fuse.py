@@ -1,6 +1,10 @@
 """fusedops.fuse(model): the chains are found however a model writes them, nothing else is touched, and the fused
 model computes what the original did, keeps its state_dict and deploys (TorchScript, torch.export, torch.compile).
 On the CPU here (the ops' ATen path); the same models run on the GPU where there is one."""
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -240,3 +244,12 @@ def test_a_graph_the_pass_fails_on_falls_back_to_the_children(monkeypatch):
     fused, report = fuse(model, return_report=True)
     assert "half-done" not in report.fused and len(report.fused) == 2 and fused_op_calls(fused, x) == 2
     assert_same(fused(x), model(x))
+
+
+def test_the_example_fuses_a_model_written_without_fusedops():
+    """examples/fuse_model.py (the README's example) runs, fuses its stem and four blocks, and matches the original."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "fuse_model.py"
+    proc = subprocess.run([sys.executable, str(example), "--batch", "8"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("=> linear_bn_gelu_relu") == 4 and proc.stdout.count("=> linear_relu") == 1, proc.stdout
+    assert "5 chains fused" in proc.stdout, proc.stdout
