@@ -121,6 +121,8 @@ setup(
     ext_modules=[extension],
     cmdclass={"build_ext": BuildWithKernels},
     install_requires=[f"torch=={TORCH_MAJOR_MINOR}.*"],
+    # torch.compile(model, backend="fusedops") finds the backend here, without an import of fusedops
+    entry_points={"torch_dynamo_backends": ["fusedops = fusedops.backend:compile_backend"]},
     python_requires=">=3.9",
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )
