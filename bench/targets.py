@@ -1,9 +1,13 @@
-"""The issue's sweep targets, checked against a bench results file:
+"""The speed targets, checked against bench results files:
 
     python -m bench.targets bench/results/bench_<stamp>.json [more.json ...]
 
-For every (op, input dtype, precision) of the sweep: M >= 256 needs at least 0.8x the cuBLAS floor's throughput
-(time <= 1.25x the floor), M <= 64 at most 1.5x the floor's time. Prints the misses and a count per case.
+The sweep's: for every (op, input dtype, precision) of the sweep, M >= 256 needs at least 0.8x the cuBLAS floor's
+throughput (time <= 1.25x the floor), M <= 64 at most 1.5x the floor's time. Prints the misses and a count per case.
+Every shape's (a --shapes random / models run; SHAPE_TARGETS): per op, half precision at M <= 64 with N K >= 4096^2
+within 1.10x the floor; half precision at M >= 128 within 1.15x at the 90th percentile and under 1.3x at worst; fp32
+input on fp16 math at M <= 1024 within 1.25x the fp16 floor on pre-cast operands; and no case slower than the eager
+composite. Each prints met or missed with its figure and worst case.
 With several files, a point measured in a later file replaces the earlier one (e.g. a re-run of some M values).
 A miss whose timed calls often began on an idle GPU (bench.timing's calls_after_idle: the host fell behind) says so:
 its median holds host time, and the point wants a re-run before it is read as the kernel's.
@@ -43,6 +47,52 @@ def misses(results):
     return {k: tuple(v) for k, v in cases.items()}
 
 
+HALF = ("fp16", "bf16")
+# (name, which fusedops rows it covers, statistic of time / floor, the most it may be)
+SHAPE_TARGETS = (
+    ("half, M <= 64, N K >= 4096^2: each", lambda r: r["dtype"] in HALF and r["M"] <= 64 and r["N"] * r["K"] >= 4096**2,
+     "worst", 1.10),
+    ("half, M >= 128: 90th percentile", lambda r: r["dtype"] in HALF and r["M"] >= 128, "p90", 1.15),
+    ("half, M >= 128: worst", lambda r: r["dtype"] in HALF and r["M"] >= 128, "worst_strict", 1.3),
+    ("fp32 in, fp16 math, M <= 1024: each", lambda r: r["dtype"] == "fp32" and r["precision"] == "fp16"
+     and r["M"] <= 1024, "worst", 1.25),
+)
+
+
+def shape_targets(results):
+    """[(target name, op, cases, figure, limit, met, worst row)] for SHAPE_TARGETS over fusedops rows off the seed
+    problems, then per op the cases slower than the eager composite (figure: their count; limit 0)."""
+    from bench.report import _eager_for, percentile
+    rows = [r for r in results if r.get("problem") is None and r.get("family") == "fusedops"
+            and r.get("x_floor") is not None]
+    out = []
+    for op in sorted({r["op"] for r in rows}):
+        mine = [r for r in rows if r["op"] == op]
+        for name, covers, statistic, limit in SHAPE_TARGETS:
+            cases = [r for r in mine if covers(r)]
+            if not cases:
+                continue
+            worst = max(cases, key=lambda r: r["x_floor"])
+            if statistic == "p90":
+                figure = percentile([r["x_floor"] for r in cases], 90)
+                met = figure <= limit
+            else:
+                figure = worst["x_floor"]
+                met = figure < limit if statistic == "worst_strict" else figure <= limit
+            out.append((name, op, len(cases), figure, limit, met, worst))
+        slower = []
+        for r in mine:
+            eager = _eager_for(results, r)
+            if eager and eager.get("median_ms"):
+                slower.append((r["median_ms"] / eager["median_ms"], r))
+        if slower:
+            ratio, worst = max(slower, key=lambda p: p[0])
+            count = sum(v > 1 for v, _ in slower)
+            out.append((f"never slower than eager (worst {ratio:.2f}x eager)", op, len(slower), count, 0,
+                        count == 0, worst))
+    return out
+
+
 def main(argv):
     parser = argparse.ArgumentParser(prog="python -m bench.targets", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +114,18 @@ def main(argv):
         for r in missed:
             print(f"    M {r['M']:>5} N {r['N']:>5} K {r['K']:>5}: {r['x_floor']:.2f}x the floor's time "
                   f"({r['median_ms']:.4f} ms vs {r['floor_ms']:.4f}){idle_note(r.get('timing') or {})}")
+    print_shape_targets(list(points.values()))
+
+
+def print_shape_targets(results):
+    targets = shape_targets(results)
+    if targets:
+        print("\nevery-shape targets (time / cuBLAS floor; the last line per op counts cases slower than eager):")
+    for name, op, n_cases, figure, limit, met, worst in targets:
+        shape = f"M {worst['M']} N {worst['N']} K {worst['K']} {worst['dtype']}"
+        value = f"{figure:6.2f}" if isinstance(figure, float) else f"{figure:6d}"
+        print(f"  {op:<20} {name:<44} {n_cases:>4} cases  {value} (limit {limit})  "
+              f"{'met' if met else 'MISSED'}  worst: {shape}")
 
 
 def idle_note(timing):

@@ -468,3 +468,25 @@ def test_ratio_summary_over_cases():
     # x floor 1.0, 1.1, 1.2, 3.0: median 1.10, p90 3.00, worst 3.00 at M 4; x eager 0.5, 1.1, 0.4, 1.5: 2 slower
     assert cells[3:6] == ["4", "1.10", "3.00"] and "3.00 (4 4096 4096)" in line
     assert cells[-1] == "2" and "1.50 (4 4096 4096)" in line
+
+
+def test_every_shape_targets():
+    """bench.targets' SHAPE_TARGETS over a random / models run: each figure is the statistic of time / floor over the
+    rows a target covers, a miss names the worst case, and the eager line counts the cases slower than eager."""
+    from bench import targets
+
+    def row(m, n, k, x_floor, dtype="fp16", precision="fp16", family="fusedops", ms=None):
+        return dict(problem=None, op="linear_relu", dtype=dtype, precision=precision, M=m, N=n, K=k,
+                    contender=family, family=family, x_floor=x_floor, median_ms=ms or x_floor, floor_ms=1.0)
+
+    rows = [row(16, 4096, 4096, 1.08), row(64, 8192, 8192, 1.2), row(64, 1024, 1024, 5.0),  # the last: N K too small
+            *(row(128 + i, 2048, 2048, 1.1) for i in range(9)), row(4096, 2048, 2048, 1.29),
+            row(512, 1024, 1024, 1.3, dtype="fp32"),  # fp32 in, fp16 math: within 1.25x?
+            row(16, 4096, 4096, None, family="eager", ms=1.0), row(4096, 2048, 2048, None, family="eager", ms=1.5)]
+    got = {name: (cases, figure, met, (worst["M"], worst["N"], worst["K"]))
+           for name, op, cases, figure, limit, met, worst in targets.shape_targets(rows)}
+    assert got["half, M <= 64, N K >= 4096^2: each"] == (2, 1.2, False, (64, 8192, 8192))
+    assert got["half, M >= 128: 90th percentile"] == (10, 1.1, True, (4096, 2048, 2048))
+    assert got["half, M >= 128: worst"] == (10, 1.29, True, (4096, 2048, 2048))
+    assert got["fp32 in, fp16 math, M <= 1024: each"] == (1, 1.3, False, (512, 1024, 1024))
+    assert got["never slower than eager (worst 1.08x eager)"] == (2, 1, False, (16, 4096, 4096))
