@@ -5,6 +5,7 @@ runs and timings behind them to aot/tuning/evidence/sm_<arch>.json (aot/tables.p
     python -m bench.tune --dry-run       # print the table instead of writing it
 
     python -m bench.tune --keys half --buckets narrow mid   # re-measure some buckets, keep the others
+    python -m bench.tune --keys half --shape-set random     # learn the rules from a random training set instead
 
 For each tuning key (half, fp32_tf32, fp32_fp16, fp32_ieee) and op, every candidate config of a shape bucket
 (BUCKETS: skinny M, with narrow N or short K apart; few output tiles; mid M; big) is compiled from
@@ -14,6 +15,11 @@ after its output is checked against an fp64 reference and its SASS against the A
 refused candidate is dropped, not timed). A bucket's winner is the config with the best geometric mean of time / best
 time over its shapes; the configs the table gives those shapes now are timed beside the candidates. The 'generic'
 layout keeps the table's existing entries: a correctness fallback, not the fast path.
+
+--shape-set random: each op's rules are learnt (bench/rules.py) from every candidate of the key, cuBLAS's GEMM + the
+epilogue among them, timed on a seeded random training set (N and K rounded to 16) plus the bench's model shapes, and
+reported on a held-out random set as time over cuBLAS's GEMM alone (median, p90, worst), in the evidence's
+shape_set_runs.
 
 The same command retunes sm_89 when run on an RTX 4090; candidates that exceed the arch's shared
 memory or spill are dropped by the AOT build's own limits afterwards (it fails loudly).
@@ -243,8 +249,8 @@ def jit_runner(op, dot, config, x, w, y, vectors):
     def run():
         wk = w.to(torch.float16) if weight_fp16 else w
         if kernel["cublas_gemm"]:  # as the AOT launcher: cuBLAS writes x @ W^T, the kernel applies the epilogue
-            if torch.backends.cuda.matmul.allow_tf32:
-                raise RuntimeError("a cuBLAS-GEMM config runs only with TF32 off (the op's 'ieee' contract)")
+            if dot == "ieee" and torch.backends.cuda.matmul.allow_tf32:
+                raise RuntimeError("a cuBLAS-GEMM config runs 'ieee' only with TF32 off (the op's contract)")
             torch.mm(x, w.t(), out=y)
         if kernel["persistent"]:  # (the TMA and the Gluon kernel take the same arguments)
             run.compiled = function[grid](
@@ -368,6 +374,58 @@ def rules_for(op, configs):
     return rules
 
 
+# cuBLAS's GEMM, then the epilogue kernel: a candidate wherever the key's DOT is one the kernel serves
+CUBLAS_EPILOGUE = cfg(32, 128, 32, 4, 1, kernel="cublas")
+
+
+def aligned(shapes):
+    """The shapes with N and K rounded up to multiples of 16: the aligned layout the rules serve."""
+    return [(m, -(-n // 16) * 16, -(-k // 16) * 16) for m, n, k in shapes]
+
+
+def shape_set_candidates(key, table, op, shapes):
+    """Every candidate of the key's buckets, once, with the configs the table gives the shapes now and, where the key's
+    DOT allows it, cuBLAS's GEMM + the epilogue."""
+    _, dot, by_bucket = CANDIDATES[key]
+    out = []
+    for configs in by_bucket.values():
+        out += [c for c in configs if c not in out]
+    if dot in spec.KERNELS["cublas"]["dots"] and CUBLAS_EPILOGUE not in out:
+        out.append(CUBLAS_EPILOGUE)
+    return with_incumbents(out, table, key, op, shapes)
+
+
+def cublas_ms(dtype, shape):
+    """The floor: cuBLAS's GEMM alone on the shape (do_bench median)."""
+    import triton
+    m, n, k = shape
+    x, w = torch.randn(m, k, device="cuda", dtype=dtype), torch.randn(n, k, device="cuda", dtype=dtype)
+    return triton.testing.do_bench(lambda: torch.mm(x, w.t()), warmup=10, rep=40, return_mode="median")
+
+
+def tune_on_shapes(op, key, train, held_out, candidates, time_fn, floor_fn):
+    """Rules for one op learnt on `train` (every candidate timed on every shape: time_fn(config, shape)), and how they
+    do on `held_out` (the chosen config's time over floor_fn(shape), cuBLAS's GEMM alone). Returns the table rules and
+    a summary for the evidence."""
+    from bench import report, rules as rule_learning
+    times = [[time_fn(c, shape) for c in candidates] for shape in train]
+    learnt = rule_learning.induce(train, times)
+    fit = rule_learning.evaluate(learnt, train, times)
+    ratios = []
+    for shape in held_out:
+        ratios.append(time_fn(candidates[rule_learning.choice(learnt, shape)], shape) / floor_fn(shape))
+    finite = [r for r in ratios if math.isfinite(r)]
+    worst = max(range(len(held_out)), key=lambda i: ratios[i])
+    summary = dict(op=op, key=key, train_shapes=len(train), candidates=len(candidates), rules=len(learnt),
+                   train_geomean_regret=round(fit["geomean_regret"], 4),
+                   train_worst_regret=round(fit["worst_regret"], 4), held_out_shapes=len(held_out),
+                   held_out_x_floor=dict(median=round(report.percentile(finite, 50), 3),
+                                         p90=round(report.percentile(finite, 90), 3),
+                                         worst=round(ratios[worst], 3), worst_shape=list(held_out[worst])) if finite
+                   else None)
+    return rule_learning.as_table_rules(learnt, candidates, op), summary
+
+
 def record_run(runs, run):
     """Append one key's run to the table's record (oldest first). A run that differs from the last one only in its
     keys (the next key of the same invocation, or a later invocation over the same buckets that day) adds its keys
@@ -385,6 +443,13 @@ def main():
     parser.add_argument("--ops", nargs="*", default=list(spec.OPS))
     parser.add_argument("--buckets", nargs="*", default=["all"], choices=["all", *BUCKETS],
                         help="buckets to measure; the others keep the config the current table gives them")
+    parser.add_argument("--shape-set", choices=["buckets", "random"], default="buckets",
+                        help="random: learn each op's rules from every candidate timed on a random training set "
+                        "(--shape-count shapes, --train-seed) plus the bench's model shapes, and report them on a "
+                        "held-out random set (--holdout-seed) against cuBLAS's GEMM alone (bench/rules.py)")
+    parser.add_argument("--shape-count", type=int, default=32)
+    parser.add_argument("--train-seed", type=int, default=1)
+    parser.add_argument("--holdout-seed", type=int, default=2)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.tune measures on a GPU; none is visible")
@@ -398,7 +463,30 @@ def main():
     for key in args.keys:
         _, _, candidates = CANDIDATES[key]
         rules = [r for r in table["rules"].get(key, []) if not set(r.get("ops", spec.OPS)) & set(args.ops)]
-        for op in args.ops:
+        if args.shape_set == "random":
+            from bench.cases import model_shapes, random_shapes
+            dtype, dot, _ = CANDIDATES[key]
+            floor_dtype = torch.float16 if dot == "fp16" else dtype  # fp32 in, fp16 math: the fp16 GEMM is the floor
+            train = aligned(random_shapes(args.shape_count, args.train_seed) + model_shapes())
+            held_out = aligned(random_shapes(args.shape_count, args.holdout_seed))
+            inputs = {}
+
+            def time_fn(config, shape):  # one shape's inputs kept while its candidates run (shapes come in order)
+                if shape not in inputs:
+                    inputs.clear()
+                    inputs[shape] = tuning_inputs(op, dtype, shape)
+                return time_config(op, dot, config, inputs[shape])
+
+            for op in args.ops:
+                inputs.clear()
+                op_rules, summary = tune_on_shapes(op, key, train, held_out,
+                                                   shape_set_candidates(key, table, op, train), time_fn,
+                                                   lambda shape: cublas_ms(floor_dtype, shape))
+                print(f"  {op:<20} {key:<9} {json.dumps(summary)}", flush=True)
+                evidence.setdefault("shape_set_runs", []).append(dict(summary, date=str(datetime.date.today()),
+                                                                      device=torch.cuda.get_device_name()))
+                rules += op_rules
+        for op in args.ops if args.shape_set == "buckets" else ():
             configs = {}
             for name, (_, shapes) in BUCKETS.items():
                 if name in measure:
@@ -411,7 +499,10 @@ def main():
         table["arch"] = arch
         record_run(evidence.setdefault("runs", []), dict(
             date=str(datetime.date.today()), device=torch.cuda.get_device_name(), torch=torch.__version__,
-            triton=triton.__version__, keys=[key], ops=args.ops, buckets=measure))
+            triton=triton.__version__, keys=[key], ops=args.ops,
+            **(dict(buckets=measure) if args.shape_set == "buckets" else dict(
+                shape_set=dict(count=args.shape_count, train_seed=args.train_seed,
+                               holdout_seed=args.holdout_seed)))))
         if args.dry_run:
             print(tables.rules_text(table))
         else:  # after every key, so an interrupted run keeps what it finished
