@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build in place (no network), then the steps named as arguments.
-#   bash scripts/device_check.sh build gpu gpu89 demo tune probe ncu bench-quick bench-seed bench-sweep bench
+#   bash scripts/device_check.sh build gpu gpu89 demo tune probe ncu bench-quick bench-seed bench-sweep bench models
 # relink instead of build: link the kernels another machine compiled (carry build/aot, e.g. from the Triton the
 # wheels are built with) against this machine's torch, without compiling them here (setup.py FUSEDOPS_PREBUILT_AOT).
+# MODELS_ARGS: arguments for bench.models (e.g. --dtypes fp16 --layers 4).
 # PROBE_ARGS / NCU_PROBE_ARGS: arguments for bench.probe (e.g. --groups p41_ctas --rounds 3).
 # bench-seed + bench-sweep together are the full benchmark split in two (the seed problems with every
 # contender and torch.compile for fp16/bf16; the sweep against the cuBLAS floor with a shorter budget).
@@ -65,6 +66,9 @@ for s in "$@"; do
       step ncu; ncu --kernel-name regex:fused_linear --csv --print-units base --metrics "$NCU_METRICS" \
         python3 -m bench.probe --calls 3 ${NCU_PROBE_ARGS:-} > "$OUT/ncu.csv" 2> "$OUT/ncu.err" || tail -5 "$OUT/ncu.err"
       python3 scripts/ncu_table.py "$OUT/ncu.csv" ;;
+    models)
+      step models; timeout -s INT ${BENCH_LIMIT_S:-3000} python3 -m bench.models ${MODELS_ARGS:-} 2>&1 \
+        | tee "$OUT/models.log" | tail -30 ;;
     bench)
       step bench; python3 -m bench.bench --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -90 ;;
     *) echo "unknown step $s"; exit 2 ;;

@@ -490,3 +490,22 @@ def test_every_shape_targets():
     assert got["half, M >= 128: worst"] == (10, 1.29, True, (4096, 2048, 2048))
     assert got["fp32 in, fp16 math, M <= 1024: each"] == (1, 1.3, False, (512, 1024, 1024))
     assert got["never slower than eager (worst 1.08x eager)"] == (2, 1, False, (16, 4096, 4096))
+
+
+def test_model_bench_stacks_and_arguments(capsys):
+    """bench.models: its MLP stacks are what fuse() fuses layer by layer, and bad arguments or a missing GPU are
+    clear errors."""
+    import torch
+
+    import fusedops
+    from bench import models
+    for batch_norm in (True, False):
+        stack = models.mlp_stack(32, 3, batch_norm)
+        _, report = fusedops.fuse(stack, return_report=True)
+        assert len(report.fused) == 3 and not stack.training
+    with pytest.raises(SystemExit):
+        models.main(["--layers", "0"])
+    assert "--layers must be at least 1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA GPU is visible"):
+            models.main(["--layers", "1", "--width", "16", "--batch", "4"])
