@@ -58,17 +58,14 @@ def rules_text(table):
         lines.append(f"  {json.dumps(key)}: [")
         lines += [f"   {json.dumps(rule)}{',' if j < len(rules) - 1 else ''}" for j, rule in enumerate(rules)]
         lines.append(f"  ]{',' if i < len(keys) - 1 else ''}")
-    lines += [" },", ' "generic": {']
-    for section in ("generic", "fallback"):
-        if section == "fallback":
-            if not table.get("fallback"):
-                break
-            lines[-1] += ","
-            lines.append(' "fallback": {')
-        configs = list(table[section].items())
+    sections = ["generic"] + (["fallback"] if table.get("fallback") else [])  # (an empty fallback: none)
+    lines.append(" },")
+    for n, name in enumerate(sections):
+        configs = list(table[name].items())
+        lines.append(f" {json.dumps(name)}: {{")
         lines += [f"  {json.dumps(key)}: {json.dumps(config)}{',' if i < len(configs) - 1 else ''}"
                   for i, (key, config) in enumerate(configs)]
-        lines.append(" }")
+        lines.append(f" }}{',' if n < len(sections) - 1 else ''}")
     lines += ["}", ""]
     return "\n".join(lines)
 

@@ -426,6 +426,33 @@ def tune_on_shapes(op, key, train, held_out, candidates, time_fn, floor_fn):
     return rule_learning.as_table_rules(learnt, candidates, op), summary
 
 
+def tune_key_on_shape_sets(args, key, table, evidence):
+    """--shape-set random for one key: each op's rules from tune_on_shapes on the GPU, its summary printed and kept in
+    the evidence's shape_set_runs."""
+    from bench.cases import model_shapes, random_shapes
+    dtype, dot, _ = CANDIDATES[key]
+    floor_dtype = torch.float16 if dot == "fp16" else dtype  # fp32 in, fp16 math: the fp16 GEMM is the floor
+    train = aligned(random_shapes(args.shape_count, args.train_seed) + model_shapes())
+    held_out = aligned(random_shapes(args.shape_count, args.holdout_seed))
+    rules = []
+    for op in args.ops:
+        inputs = {}  # one shape's inputs, kept while its candidates run (tune_on_shapes goes shape by shape)
+
+        def time_fn(config, shape):
+            if shape not in inputs:
+                inputs.clear()
+                inputs[shape] = tuning_inputs(op, dtype, shape)
+            return time_config(op, dot, config, inputs[shape])
+
+        op_rules, summary = tune_on_shapes(op, key, train, held_out, shape_set_candidates(key, table, op, train),
+                                           time_fn, lambda shape: cublas_ms(floor_dtype, shape))
+        print(f"  {op:<20} {key:<9} {json.dumps(summary)}", flush=True)
+        evidence.setdefault("shape_set_runs", []).append(dict(summary, date=str(datetime.date.today()),
+                                                              device=torch.cuda.get_device_name()))
+        rules += op_rules
+    return rules
+
+
 def record_run(runs, run):
     """Append one key's run to the table's record (oldest first). A run that differs from the last one only in its
     keys (the next key of the same invocation, or a later invocation over the same buckets that day) adds its keys
@@ -464,37 +491,17 @@ def main():
         _, _, candidates = CANDIDATES[key]
         rules = [r for r in table["rules"].get(key, []) if not set(r.get("ops", spec.OPS)) & set(args.ops)]
         if args.shape_set == "random":
-            from bench.cases import model_shapes, random_shapes
-            dtype, dot, _ = CANDIDATES[key]
-            floor_dtype = torch.float16 if dot == "fp16" else dtype  # fp32 in, fp16 math: the fp16 GEMM is the floor
-            train = aligned(random_shapes(args.shape_count, args.train_seed) + model_shapes())
-            held_out = aligned(random_shapes(args.shape_count, args.holdout_seed))
-            inputs = {}
-
-            def time_fn(config, shape):  # one shape's inputs kept while its candidates run (shapes come in order)
-                if shape not in inputs:
-                    inputs.clear()
-                    inputs[shape] = tuning_inputs(op, dtype, shape)
-                return time_config(op, dot, config, inputs[shape])
-
+            rules += tune_key_on_shape_sets(args, key, table, evidence)
+        else:
             for op in args.ops:
-                inputs.clear()
-                op_rules, summary = tune_on_shapes(op, key, train, held_out,
-                                                   shape_set_candidates(key, table, op, train), time_fn,
-                                                   lambda shape: cublas_ms(floor_dtype, shape))
-                print(f"  {op:<20} {key:<9} {json.dumps(summary)}", flush=True)
-                evidence.setdefault("shape_set_runs", []).append(dict(summary, date=str(datetime.date.today()),
-                                                                      device=torch.cuda.get_device_name()))
-                rules += op_rules
-        for op in args.ops if args.shape_set == "buckets" else ():
-            configs = {}
-            for name, (_, shapes) in BUCKETS.items():
-                if name in measure:
-                    configs[name], timings[f"{key}/{op}/{name}"] = pick(
-                        op, key, name, shapes, with_incumbents(candidates[name], table, key, op, shapes))
-                else:
-                    configs[name] = table_config(table, key, op, shapes[0])
-            rules += rules_for(op, configs)
+                configs = {}
+                for name, (_, shapes) in BUCKETS.items():
+                    if name in measure:
+                        configs[name], timings[f"{key}/{op}/{name}"] = pick(
+                            op, key, name, shapes, with_incumbents(candidates[name], table, key, op, shapes))
+                    else:
+                        configs[name] = table_config(table, key, op, shapes[0])
+                rules += rules_for(op, configs)
         table["rules"][key] = rules
         table["arch"] = arch
         record_run(evidence.setdefault("runs", []), dict(

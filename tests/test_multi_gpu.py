@@ -125,12 +125,7 @@ def test_a_module_loaded_under_another_context_of_the_second_device_serves_its_p
     out = assert_clean(run_python(TWO_DEVICES + CUDA_DRIVER_SETUP + """
     problems = {i: on(i, "cuda:1") for i in range(len(CALLS))}
     torch.cuda.synchronize("cuda:1")
-    ctx, dev = ctypes.c_void_p(), ctypes.c_int()
-    check(cuda.cuDeviceGet(ctypes.byref(dev), 1), "cuDeviceGet")
-    if hasattr(cuda, "cuCtxCreate_v2"):
-        check(cuda.cuCtxCreate_v2(ctypes.byref(ctx), 0, dev), "cuCtxCreate_v2")
-    else:
-        check(cuda.cuCtxCreate_v4(ctypes.byref(ctx), None, 0, dev), "cuCtxCreate_v4")
+    ctx = push_own_context(1)
     first = {i: run(i, p) for i, p in problems.items()}
     check(cuda.cuCtxSynchronize(), "cuCtxSynchronize (the other context)")
     popped = ctypes.c_void_p()

@@ -207,10 +207,10 @@ CUDA_DRIVER_SETUP = """
     def check(result, what):
         assert result == 0, f"{what}: CUDA error {result}"
 
-    def push_own_context():
-        # a context of the driver API's own (not the primary one), made current on this thread
+    def push_own_context(ordinal=0):
+        # a context of the driver API's own (not the primary one) on device `ordinal`, made current on this thread
         ctx, dev = ctypes.c_void_p(), ctypes.c_int()
-        check(cuda.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
+        check(cuda.cuDeviceGet(ctypes.byref(dev), ordinal), "cuDeviceGet")
         if hasattr(cuda, "cuCtxCreate_v2"):
             check(cuda.cuCtxCreate_v2(ctypes.byref(ctx), 0, dev), "cuCtxCreate_v2")
         else:
