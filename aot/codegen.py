@@ -92,7 +92,7 @@ def variant_fields(i, v):
         layout=f"Layout::{v['layout']}", block_m=c["BLOCK_M"], block_n=c["BLOCK_N"], block_k=c["BLOCK_K"],
         group_m=c["GROUP_M"], num_warps=v["num_warps"], num_stages=c["num_stages"],
         persistent=cpp_bool(kernel["persistent"]), cublas_gemm=cpp_bool(kernel["cublas_gemm"]),
-        weight_fp16=cpp_bool(c["WEIGHT_FP16"]), ctas_per_sm=c["CTAS_PER_SM"], split_k=c.get("SPLIT_K", 1),
+        weight_fp16=cpp_bool(c["WEIGHT_FP16"]), split_k=c.get("SPLIT_K", 1),
         shared_bytes=v["shared_bytes"], scratch_bytes=v["scratch_bytes"], scratch_align=v["scratch_align"],
         entry=cpp_string(v["entry_name"]), cubin=f"{blob}_cubin",
         cubin_size=f"static_cast<size_t>({blob}_cubin_end - {blob}_cubin - 1)",

@@ -145,12 +145,6 @@ def check_limits(built):
         if total_shared > limit:
             problems.append(f"{v['name']}: needs {total_shared} bytes of shared memory per block; "
                             f"sm_{v['arch']} allows {limit} ({limit // 1024} KB)")
-        ctas = v["config"]["CTAS_PER_SM"]
-        if ctas > 1 and (ctas * (total_shared + 1024) > spec.SHARED_MEMORY_PER_SM[v["arch"]]
-                         or ctas * v["registers"] * v["num_warps"] * 32 > spec.REGISTERS_PER_SM):
-            problems.append(f"{v['name']}: CTAS_PER_SM={ctas} needs {ctas} x ({total_shared} + 1024) bytes of shared "
-                            f"memory and {ctas} x {v['registers']} x {v['num_warps'] * 32} registers; one SM of "
-                            f"sm_{v['arch']} has {spec.SHARED_MEMORY_PER_SM[v['arch']]} and {spec.REGISTERS_PER_SM}")
         if v["wgmma_register_hazard"]:
             problems.append(f"{v['name']}: {v['wgmma_register_hazard']} (wrong results possible): pick another config "
                             f"in aot/tuning/{v['tuning_table']}, one whose wgmma waits for each other")

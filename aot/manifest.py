@@ -90,7 +90,7 @@ def check_variant(where, v, archs):
             _fail(f"{where}.config", f"free of keys kernel {kernel!r} does not take", key)
         high = MAX_TILE_EXTENT if key in ("BLOCK_M", "BLOCK_N", "BLOCK_K") else 64
         _int(f"{where}.config.{key}", value, 0, high)
-    for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages", "CTAS_PER_SM", *(
+    for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_stages", *(
             ("SPLIT_K",) if "SPLIT_K" in config else ())):
         _int(f"{where}.config.{key}", config[key], 1, MAX_TILE_EXTENT)
     _int(f"{where}.num_warps", v["num_warps"], 1, 32)  # all warps of a block (warp-specialised: every partition's)

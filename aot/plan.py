@@ -44,9 +44,6 @@ def plan_variants(archs):
         if knobs.get("VECTORS_FIRST") and knobs.get("SPLIT_K", 1) != 1:
             raise SystemExit(f"tuning table for sm_{arch}: VECTORS_FIRST applies only without split-K (the tile's "
                              f"last program applies the epilogue); {op} {precision} sets SPLIT_K={knobs['SPLIT_K']}")
-        if knobs["CTAS_PER_SM"] != 1 and not kernel_spec["persistent"]:
-            raise SystemExit(f"tuning table for sm_{arch}: CTAS_PER_SM applies only to persistent kernels; "
-                             f"{op} {precision} sets it on KERNEL {kernel!r}")
         config = dict({k: int(config[k]) for k in spec.CONFIG_KEYS}, **knobs)
         key = (arch, op, precision, layout, kernel, tuple(config.values()))
         if key not in index:

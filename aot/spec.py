@@ -20,7 +20,7 @@ KERNELS = {
               "requires": {}, "cublas_gemm": False},
     "tma": {"source": "kernels/fused_linear.py", "function": "fused_linear_tma_kernel", "layouts": ("aligned",),
             "min_arch": 90, "max_arch": None, "dots": None, "persistent": True, "stages_constexpr": False,
-            "knobs": {"FLATTEN": 1, "WARP_SPECIALIZE": 0, "EPILOGUE_SLICES": 1}, "requires": {},
+            "knobs": {}, "requires": {},
             "cublas_gemm": False},
     # fp32 x on fp16 tensor cores with explicit wgmma waits (Hopper's wgmma only; the weight arrives in fp16)
     "wgmma": {"source": "kernels/fused_linear_gluon.py", "function": "fused_linear_wgmma_kernel",
@@ -98,11 +98,9 @@ CONFIG_KEYS = TILE_KEYS + ("num_warps", "num_stages")  # plus the compile option
 # WEIGHT_FP16 (precisions whose DOT is "fp16" only): the launcher rounds the weight to fp16 once per call
 # (one pass over W: 6 bytes per element) and the kernel converts only x's tiles in registers; pays off once
 # M is large enough that every W tile would otherwise be converted M / BLOCK_M times.
-# CTAS_PER_SM (persistent kernels only): programs launched per SM. 2 with one warpgroup each and at most half
-# an SM's shared memory: one program's epilogue runs while the other's tensor-core main loop does.
-LAUNCHER_KNOBS = {"WEIGHT_FP16": 0, "CTAS_PER_SM": 1}
+LAUNCHER_KNOBS = {"WEIGHT_FP16": 0}
 # Knobs that take a count rather than 0/1.
-KNOB_VALUES = {"EPILOGUE_SLICES": (1, 2, 4), "CTAS_PER_SM": (1, 2), "SPLIT_K": (1, 2, 3, 4, 6, 8)}
+KNOB_VALUES = {"SPLIT_K": (1, 2, 3, 4, 6, 8)}
 
 
 def knob_constexpr(name, value):
@@ -112,9 +110,6 @@ def knob_constexpr(name, value):
 DEFAULT_ARCHS = (89, 90)
 # Largest dynamic shared memory one block may opt into, per arch (CUDA programming guide).
 SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 120: 101376}
-# Shared memory of one SM, of which the driver reserves 1 KB per resident block (CTAS_PER_SM > 1 must fit).
-SHARED_MEMORY_PER_SM = {80: 167936, 86: 102400, 87: 167936, 89: 102400, 90: 233472, 120: 102400}
-REGISTERS_PER_SM = 65536
 # Arch that must not spill registers or exceed its limit: the product's target GPU (RTX 4090).
 STRICT_ARCHS = (89,)
 

@@ -87,18 +87,11 @@ def coop(bm, bn, bk, stages, **kw):
     return cfg(bm, bn, bk, 4, stages, kernel="coop", **kw)
 
 
-def tma(*args, ws=False, slices=1, w16=False, ctas=1, **kw):
-    """A persistent TMA-kernel config: ws warp-specialised, `slices` epilogue slices, w16 the weight rounded to
-    fp16 per call, `ctas` programs per SM."""
+def tma(*args, w16=False, **kw):
+    """A persistent TMA-kernel config; w16: the weight rounded to fp16 once per call."""
     config = cfg(*args, kernel="tma", **kw)
-    if ws:
-        config.update(FLATTEN=0, WARP_SPECIALIZE=1)
-    if slices != 1:
-        config.update(EPILOGUE_SLICES=slices)
     if w16:
         config.update(WEIGHT_FP16=1)
-    if ctas != 1:
-        config.update(CTAS_PER_SM=ctas)
     return config
 
 
@@ -113,30 +106,21 @@ SKINNY = [cfg(64, 64, 128, 4, 4), cfg(64, 32, 128, 4, 4), cfg(64, 32, 256, 4, 3)
           cfg(16, 64, 256, 4, 3), cfg(16, 64, 256, 4, 3, SPLIT_K=2), cfg(16, 64, 128, 4, 4, SPLIT_K=4),
           cfg(32, 32, 128, 4, 4, SPLIT_K=4), vectors_first(cfg(16, 64, 256, 4, 3)),
           vectors_first(cfg(64, 32, 128, 4, 4)), vectors_first(cfg(32, 32, 256, 4, 3))]
-# 128x128 with one warpgroup and <= 96 KB shared memory fits two CTAs per SM, so one CTA's epilogue
-# (erf over its whole tile) overlaps the other's main loop; the big tiles win on the main loop alone.
 HALF_BIG = [cfg(128, 256, 64, 8, 3), cfg(128, 128, 64, 8, 4), cfg(128, 128, 64, 4, 3), cfg(256, 128, 64, 8, 3),
             cfg(64, 256, 64, 4, 4), cfg(128, 256, 64, 8, 4), cfg(128, 128, 64, 4, 4),
             tma(128, 256, 64, 8, 3), tma(128, 128, 64, 8, 4), tma(128, 256, 64, 8, 4), tma(128, 128, 64, 4, 3),
-            tma(128, 256, 64, 8, 3, ws=True), tma(128, 128, 64, 8, 4, ws=True),
-            tma(128, 128, 64, 4, 3, slices=4, ctas=2),
             # the same shared memory as 64 x 3 in finer stages: more of it in flight while one is consumed
             tma(128, 256, 32, 8, 5), tma(128, 256, 32, 8, 6)]
 FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 8, 3), cfg(64, 256, 32, 4, 4),
             cfg(256, 128, 32, 8, 3), cfg(128, 128, 32, 4, 3), cfg(128, 128, 32, 4, 4),
             tma(128, 128, 32, 8, 3), tma(128, 128, 32, 8, 4), tma(128, 128, 64, 8, 2),
-            # a 128x256 fp32 output tile needs the split store to fit its staging buffer beside 3 stages
-            tma(128, 256, 32, 8, 3, slices=2), tma(256, 128, 32, 8, 3, slices=2),
-            # a fourth stage in room made by 4 slices: bytes in flight for inputs rotated past the L2
-            tma(128, 256, 32, 8, 4, slices=4), tma(256, 128, 32, 8, 4, slices=4),
             # a loader warpgroup and two consumers per tile, as cuBLAS's TF32 kernel; its epilogue from the registers
             # or through shared memory and TMA
             coop(128, 256, 32, 4), coop(128, 256, 32, 4, TMA_STORE=1)]
 # fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only. Candidates
 # whose register-A wgmma stay in flight across the conversions are refused (undefined results: NaN seen on the H100):
 # with triton 3.8 that is every TMA one here; the Gluon kernel keeps one in flight safely.
-FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 256, 32, 8, 4, slices=2, w16=True),
-                            tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1),
+FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1),
                             cfg(128, 256, 32, 8, 4, WEIGHT_FP16=1), wgmma(128, 256, 64, 8, 3),
                             wgmma(128, 256, 32, 8, 4), wgmma(128, 256, 32, 8, 5)]
 SKINNY_FP32 = [cfg(64, 64, 64, 4, 4), cfg(64, 32, 128, 4, 3), cfg(64, 32, 64, 4, 4), cfg(32, 32, 128, 4, 3),
@@ -235,10 +219,7 @@ def jit_runner(op, dot, config, x, w, y, vectors):
     if kernel["persistent"]:
         # device-side TMA descriptors live in global scratch that the launcher provides
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-        # (the AOT launcher also caps this at the driver's occupancy answer, and the AOT build rejects a
-        # CTAS_PER_SM that does not fit one SM; here a config that does not fit just times slow)
-        ctas_per_sm = int(config.get("CTAS_PER_SM", spec.LAUNCHER_KNOBS["CTAS_PER_SM"]))
-        grid = (min(tiles, ctas_per_sm * torch.cuda.get_device_properties(x.device).multi_processor_count),)
+        grid = (min(tiles, torch.cuda.get_device_properties(x.device).multi_processor_count),)  # one per SM
 
     split_k = int(config.get("SPLIT_K", 1))
     # split-K, as the AOT launcher: a partial-sum workspace each call, and per-tile counters zeroed once (the kernel

@@ -52,7 +52,6 @@ int forced_arch() {
 
 struct LoadedKernel {
   CUfunction fn = nullptr;
-  int blocks_per_sm = 0;  // how many of its blocks one SM holds at once (the driver's occupancy answer)
 };
 
 // One variant's module on one device, loaded on first use.
@@ -177,10 +176,11 @@ std::string try_load(const DeviceState& state, int device, const Variant& v, boo
         CUDA_SUCCESS)
       return fail(driver_error(r, "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)"));
   }
-  if ((r = d.cuOccupancyMaxActiveBlocksPerMultiprocessor(&out->blocks_per_sm, out->fn, v.num_warps * 32,
+  int blocks_per_sm = 0;  // how many of its blocks one SM holds at once
+  if ((r = d.cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, out->fn, v.num_warps * 32,
                                                           v.shared_bytes)) != CUDA_SUCCESS)
     return fail(driver_error(r, "cuOccupancyMaxActiveBlocksPerMultiprocessor"));
-  if (out->blocks_per_sm <= 0)
+  if (blocks_per_sm <= 0)
     return fail(std::string("fusedops: kernel ") + v.name + " cannot run on cuda:" + std::to_string(device) +
                 " (the driver reports room for no block of it on one SM)");
   return "";  // the module stays loaded for the life of the process: its function is cached below
@@ -352,10 +352,8 @@ void launch_fused_linear(const at::Tensor& x, const at::Tensor& weight, at::Tens
   TORCH_CHECK(tiles <= INT32_MAX, "fusedops: output of ", args.M, " x ", args.N, " needs ", tiles,
               " tiles, more than one launch can hold");
   const LoadedKernel kernel = load_function(state, device, static_cast<int>(&v - kVariants), from_ptx);
-  // Launch only as many persistent programs as stay resident: more would wait for the first ones to finish.
-  const int64_t grid =
-      v.persistent ? std::min<int64_t>(tiles, int64_t{state.sm_count} * std::min(v.ctas_per_sm, kernel.blocks_per_sm))
-                   : tiles * v.split_k;
+  // One persistent program per SM: more would only wait for the first ones to finish.
+  const int64_t grid = v.persistent ? std::min<int64_t>(tiles, state.sm_count) : tiles * v.split_k;
   TORCH_CHECK(grid <= INT32_MAX, "fusedops: output of ", args.M, " x ", args.N, " needs ", grid,
               " programs, more than one launch can hold");
   args.num_sms = static_cast<int32_t>(grid);

@@ -33,10 +33,9 @@ struct Variant {
   Precision precision;
   Layout layout;
   int block_m, block_n, block_k, group_m, num_warps, num_stages;
-  bool persistent;        // grid = min(tiles, ctas_per_sm x SMs); programs loop over tiles
+  bool persistent;        // grid = min(tiles, SMs); programs loop over tiles
   bool cublas_gemm;       // cuBLAS (at::mm) writes x @ W^T into y first; the kernel applies the epilogue in place
   bool weight_fp16;       // the launcher passes the weight rounded to fp16 (aot/spec.py LAUNCHER_KNOBS)
-  int ctas_per_sm;        // persistent kernels: programs per SM (aot/spec.py LAUNCHER_KNOBS)
   int split_k;            // programs per output tile, each over a slice of K (grid = tiles x split_k)
   unsigned shared_bytes;  // dynamic shared memory per block
   unsigned scratch_bytes, scratch_align;  // global scratch per program (TMA descriptors built on device)

@@ -286,26 +286,20 @@ def fused_linear_tma_kernel(
     stride_xm, stride_wn, stride_ym,  # inner strides are 1; rows 16-byte aligned (TMA's rule)
     has_bias, has_gamma, has_beta,
     eps,
-    num_sms,  # programs launched (<= CTAS_PER_SM x number of SMs); each walks tiles num_sms apart
+    num_sms,  # programs launched (at most one per SM); each walks tiles num_sms apart
     EPILOGUE: tl.constexpr, DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    FLATTEN: tl.constexpr = True, WARP_SPECIALIZE: tl.constexpr = False, EPILOGUE_SLICES: tl.constexpr = 1,
 ):
     # Descriptors are built on the device (in the launcher-provided global scratch); the TMA unit
     # zero-fills out-of-range reads and clips out-of-range writes, so no masks anywhere.
     # w may be fp16 while x is fp32 (DOT "fp16" with a weight the launcher rounded once per call).
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_xm, 1], block_shape=[BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
-    # EPILOGUE_SLICES (1, 2 or 4): the epilogue and the store go slice by slice of BLOCK_N / EPILOGUE_SLICES
-    # columns, which shrinks the store's shared-memory staging buffer by that factor: what lets a 128x256
-    # fp32 tile fit beside 3 (2 slices) or 4 (4 slices) pipeline stages.
-    SLICE_N: tl.constexpr = BLOCK_N // EPILOGUE_SLICES
-    y_desc = tl.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[stride_ym, 1], block_shape=[BLOCK_M, SLICE_N])
+    y_desc = tl.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[stride_ym, 1], block_shape=[BLOCK_M, BLOCK_N])
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
-    # FLATTEN lets the software pipeline run the next tile's loads under this tile's epilogue;
-    # WARP_SPECIALIZE splits producer and consumer warps (the tuning table picks).
-    for tile_id in tl.range(tl.program_id(0), num_tiles, num_sms, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE):
+    # flatten: the software pipeline runs the next tile's loads under this tile's epilogue
+    for tile_id in tl.range(tl.program_id(0), num_tiles, num_sms, flatten=True):
         pid_m, pid_n = grouped_tile(tile_id, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
@@ -314,17 +308,5 @@ def fused_linear_tma_kernel(
             a = x_desc.load([off_m, k * BLOCK_K])
             b = w_desc.load([off_n, k * BLOCK_K])
             acc = mma(a, b.T, acc, DOT)
-        vectors = (N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias, has_gamma, has_beta, eps)
-        if EPILOGUE_SLICES == 1:
-            epilogue_store(acc, y_desc, off_m, off_n, *vectors, EPILOGUE, SLICE_N)
-        elif EPILOGUE_SLICES == 2:
-            left, right = split_columns(acc, BLOCK_M, BLOCK_N)
-            epilogue_store(left, y_desc, off_m, off_n, *vectors, EPILOGUE, SLICE_N)
-            epilogue_store(right, y_desc, off_m, off_n + SLICE_N, *vectors, EPILOGUE, SLICE_N)
-        else:
-            tl.static_assert(EPILOGUE_SLICES == 4, "EPILOGUE_SLICES must be 1, 2 or 4")
-            s0, s1, s2, s3 = split_quarters(acc, BLOCK_M, BLOCK_N)
-            epilogue_store(s0, y_desc, off_m, off_n, *vectors, EPILOGUE, SLICE_N)
-            epilogue_store(s1, y_desc, off_m, off_n + SLICE_N, *vectors, EPILOGUE, SLICE_N)
-            epilogue_store(s2, y_desc, off_m, off_n + 2 * SLICE_N, *vectors, EPILOGUE, SLICE_N)
-            epilogue_store(s3, y_desc, off_m, off_n + 3 * SLICE_N, *vectors, EPILOGUE, SLICE_N)
+        epilogue_store(acc, y_desc, off_m, off_n, N, bias_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, has_bias,
+                       has_gamma, has_beta, eps, EPILOGUE, BLOCK_N)

@@ -4,7 +4,7 @@
 # relink instead of build: link the kernels another machine compiled (carry build/aot, e.g. from the Triton the
 # wheels are built with) against this machine's torch, without compiling them here (setup.py FUSEDOPS_PREBUILT_AOT).
 # MODELS_ARGS: arguments for bench.models (e.g. --dtypes fp16 --layers 4).
-# PROBE_ARGS / NCU_PROBE_ARGS: arguments for bench.probe (e.g. --groups p41_ctas --rounds 3).
+# PROBE_ARGS / NCU_PROBE_ARGS: arguments for bench.probe (e.g. --groups m64_half --rounds 3).
 # bench-seed + bench-sweep together are the full benchmark split in two (the seed problems with every
 # contender and torch.compile for fp16/bf16; the sweep against the cuBLAS floor with a shorter budget).
 # BENCH_LIMIT_S caps each bench step (SIGINT: the bench still prints and saves what it timed).

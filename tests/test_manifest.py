@@ -121,12 +121,12 @@ def test_knob_values_are_checked_and_named(monkeypatch):
     table_with({"VECTORS_FIRST": 1}, kernel="tma")  # a knob of another kernel is refused, not ignored
     with pytest.raises(SystemExit, match=r"sets \['VECTORS_FIRST'\], which KERNEL 'tma' does not take"):
         plan.plan_variants([90])
-    table_with({"CTAS_PER_SM": 2})
-    with pytest.raises(SystemExit, match="CTAS_PER_SM applies only to persistent kernels"):
+    table_with({"SPLIT_K": 5})  # a count outside KNOB_VALUES
+    with pytest.raises(SystemExit, match=r"SPLIT_K must be one of \(1, 2, 3, 4, 6, 8\)"):
         plan.plan_variants([90])
-    table_with({"CTAS_PER_SM": 2, "EPILOGUE_SLICES": 4}, kernel="tma")
+    table_with({"SPLIT_K": 4})
     variants, _ = plan.plan_variants([90])
-    assert any(v["name"].endswith("_epilogue_slices4_ctas_per_sm2") for v in variants)
+    assert any(v["name"].endswith("_split_k4") for v in variants)
     # the Gluon kernel serves fp32 x on fp16 tensor cores only (this rule is TF32), with the weight rounded once
     table_with({"WEIGHT_FP16": 1}, kernel="wgmma")
     with pytest.raises(SystemExit, match="KERNEL 'wgmma' serves DOT"):
@@ -156,19 +156,6 @@ def test_gluon_kernel_rules_are_checked():
         plan_with({"WEIGHT_FP16": 0})
     with pytest.raises(SystemExit, match="runs on sm_90 at most .* sm_120 needs a table of its own"):
         plan_with({}, arch=120)
-
-
-def test_two_programs_per_sm_must_fit_one_sm():
-    """CTAS_PER_SM = 2 fails the build when two blocks' shared memory or registers exceed one SM's."""
-    from aot import compiler
-    tma = next(v for v in MANIFEST["variants"] if v["kernel"] == "tma")
-    two = dict(tma, config=dict(tma["config"], CTAS_PER_SM=2), spills=False, static_shared_bytes=1024,
-               shared_bytes=110 * 1024, registers=200, num_warps=4)
-    compiler.check_limits([two])  # 2 x (110 KB + 2 KB) and 2 x 200 x 128 registers fit an H100 SM
-    with pytest.raises(SystemExit, match="CTAS_PER_SM=2 needs"):
-        compiler.check_limits([dict(two, shared_bytes=114 * 1024)])
-    with pytest.raises(SystemExit, match="CTAS_PER_SM=2 needs"):
-        compiler.check_limits([dict(two, num_warps=8)])
 
 
 def test_wgmma_serialisation_is_read_from_the_ptxas_report():
@@ -247,7 +234,7 @@ def test_hazard_check_flags_real_compiler_output(tmp_path):
     assert sass_checks.HGMMA_REGISTER_A.search(sass)
     assert sass_checks.find_wgmma_register_hazard(sass) is None
     pipelined = dict(shipped, kernel="tma", name="hazard_probe",
-                     config=dict(shipped["config"], num_stages=3, FLATTEN=0, WARP_SPECIALIZE=0, EPILOGUE_SLICES=1))
+                     config=dict(shipped["config"], num_stages=3))
     built = compiler.compile_variant(pipelined, str(tmp_path))
     assert "overwrites before a wait retires it" in built["wgmma_register_hazard"]
     assert built["wgmma_serial_reason"] is None  # ptxas's report came through: it pipelines this one
@@ -267,7 +254,8 @@ def test_the_rule_matcher_is_the_tables_first_match(allow_tf32):
     def first_match(arch, op, precision, layout, m, n, k):
         return next(variants[r["variant"]] for r in rules if (r["arch"], r["op"], r["precision"], r["layout"]) ==
                     (arch, op, precision, layout) and not r["fallback"] and all(
-                        bound < 0 or value <= bound for bound, value in ((r["max_m"], m), (r["max_n"], n), (r["max_k"], k))))
+                        bound < 0 or value <= bound
+                        for bound, value in ((r["max_m"], m), (r["max_n"], n), (r["max_k"], k))))
 
     def fallback(arch, op, precision):
         return next(variants[r["variant"]] for r in rules
