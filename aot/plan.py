@@ -5,6 +5,14 @@ that asks for something the kernels cannot do fails the build with the rule to f
 """
 from aot import spec, tables
 
+def table_form(kernel, config):
+    """A variant's config as a tuning table writes it (what plan_variants expands): KERNEL unless the kernel is
+    "tiled", knobs only where they differ from their defaults."""
+    defaults = dict(spec.KERNELS[kernel]["knobs"], **spec.LAUNCHER_KNOBS)
+    short = {k: v for k, v in config.items() if k != "KERNEL" and not (k in defaults and v == defaults[k])}
+    return short if kernel == "tiled" else dict(short, KERNEL=kernel)
+
+
 def plan_variants(archs):
     """Every variant to compile, and the ordered selection rules that point at them."""
     variants, rules, index = [], [], {}

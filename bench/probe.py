@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bench.contenders import composite  # noqa: E402
 from fusedops.reference import EPS, SEED_PROBLEMS, rel_err  # noqa: E402
 from bench.timing import round_order, time_cuda  # noqa: E402
+from aot import plan  # noqa: E402
 from bench.tune import cfg, coop, jit_runner, tma, wgmma  # noqa: E402
 
 
@@ -93,14 +94,10 @@ def reference_kind(op, dtype, dot):
 
 def table_config(op, M, N, K, dtype, dot):
     """(label, config) of the variant the shipped library's rules give this aligned call on this GPU."""
-    import fusedops
+    from fusedops._ops import _selected_variant
     name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, f"fp32_{dot}")
-    major, minor = torch.cuda.get_device_capability()
-    arch = torch.ops.fusedops._arch_for_capability(major * 10 + minor)
-    variant_name = torch.ops.fusedops._select_variant(arch, op, name, "aligned", M, N, K)
-    v = next(v for v in fusedops.build_info()["manifest"]["variants"] if v["name"] == variant_name)
-    config = dict(v["config"]) if v["kernel"] == "tiled" else dict(v["config"], KERNEL=v["kernel"])
-    return f"table: {variant_name.split('__')[-1]}", config
+    v = _selected_variant(op, name, "aligned", M, N, K)
+    return f"table: {v['name'].split('__')[-1]}", plan.table_form(v["kernel"], v["config"])
 
 
 def candidates_of(group):

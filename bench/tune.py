@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aot import spec, tables  # noqa: E402
+from aot import plan, spec, tables  # noqa: E402
 from bench.contenders import TOLERANCE, composite  # noqa: E402
 from fusedops.reference import rel_err  # noqa: E402
 
@@ -311,33 +311,33 @@ def pick(op, key, bucket, shapes, candidates):
     return candidates[winner], {"shapes": shapes, "ms": times[winner]}
 
 
-def current_config(table, key, op, shape):
-    """The config the current table gives this shape (the runtime's first-match rule), or None where it has none."""
-    m, n, k = shape
-    for rule in table["rules"].get(key, []):
-        if op in rule.get("ops", [op]) and all(rule.get(b) is None or v <= rule[b]
-                                               for b, v in zip(BOUNDS, (m, n, k))):
-            return rule["config"]
-    return None
+def current_config(key, op, shape):
+    """The config the built library's rule matcher (the one dispatch runs) gives this aligned shape, in table form."""
+    from fusedops._ops import _selected_variant
+    precision = next(name for name, (_, _, table_key) in spec.PRECISIONS.items() if table_key == key)
+    v = _selected_variant(op, precision, "aligned", *shape)
+    return plan.table_form(v["kernel"], v["config"])
 
 
-def table_config(table, key, op, shape):
-    """current_config, for a bucket that is not re-measured: it must have one."""
-    config = current_config(table, key, op, shape)
-    if config is None:
-        raise SystemExit(f"the current table has no {key} rule for {op} at {shape}; tune every bucket (--buckets all)")
-    return config
-
-
-def with_incumbents(candidates, table, key, op, shapes):
+def with_incumbents(candidates, key, op, shapes):
     """The bucket's candidates plus every config the current table gives one of its shapes: a re-measured bucket then
     moves only to a config that beat, over its shapes, what they ran before."""
-    extra = []
+    out = [plan.table_form(c.get("KERNEL", "tiled"), c) for c in candidates]
     for shape in shapes:
-        config = current_config(table, key, op, shape)  # (none for an op or key the table does not know yet)
-        if config is not None and config not in candidates and config not in extra:
-            extra.append(config)
-    return list(candidates) + extra
+        config = current_config(key, op, shape)
+        if config not in out:
+            out.append(config)
+    return out
+
+
+def check_library_matches_checkout():
+    """current_config asks the installed library: it must be built from this checkout's kernels and tables."""
+    import fusedops
+    from aot.build import kernel_source_digest
+    built, here = fusedops.build_info()["manifest"]["source_digest"], kernel_source_digest()
+    if built != here:
+        raise SystemExit(f"bench.tune: the installed fusedops was built from other kernels or tables (source digest "
+                         f"{built}, this checkout {here}); rebuild it first (pip install --no-build-isolation -e .)")
 
 
 def rules_for(op, configs):
@@ -364,7 +364,7 @@ def aligned(shapes):
     return [(m, -(-n // 16) * 16, -(-k // 16) * 16) for m, n, k in shapes]
 
 
-def shape_set_candidates(key, table, op, shapes):
+def shape_set_candidates(key, op, shapes):
     """Every candidate of the key's buckets, once, with the configs the table gives the shapes now and, where the key's
     DOT allows it, cuBLAS's GEMM + the epilogue."""
     _, dot, by_bucket = CANDIDATES[key]
@@ -373,7 +373,7 @@ def shape_set_candidates(key, table, op, shapes):
         out += [c for c in configs if c not in out]
     if dot in spec.KERNELS["cublas"]["dots"] and CUBLAS_EPILOGUE not in out:
         out.append(CUBLAS_EPILOGUE)
-    return with_incumbents(out, table, key, op, shapes)
+    return with_incumbents(out, key, op, shapes)
 
 
 def cublas_ms(dtype, shape):
@@ -407,7 +407,7 @@ def tune_on_shapes(op, key, train, held_out, candidates, time_fn, floor_fn):
     return rule_learning.as_table_rules(learnt, candidates, op), summary
 
 
-def tune_key_on_shape_sets(args, key, table, evidence):
+def tune_key_on_shape_sets(args, key, evidence):
     """--shape-set random for one key: each op's rules from tune_on_shapes on the GPU, its summary printed and kept in
     the evidence's shape_set_runs."""
     from bench.cases import model_shapes, random_shapes
@@ -425,7 +425,7 @@ def tune_key_on_shape_sets(args, key, table, evidence):
                 inputs[shape] = tuning_inputs(op, dtype, shape)
             return time_config(op, dot, config, inputs[shape])
 
-        op_rules, summary = tune_on_shapes(op, key, train, held_out, shape_set_candidates(key, table, op, train),
+        op_rules, summary = tune_on_shapes(op, key, train, held_out, shape_set_candidates(key, op, train),
                                            time_fn, lambda shape: cublas_ms(floor_dtype, shape))
         print(f"  {op:<20} {key:<9} {json.dumps(summary)}", flush=True)
         evidence.setdefault("shape_set_runs", []).append(dict(summary, date=str(datetime.date.today()),
@@ -461,6 +461,7 @@ def main():
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.tune measures on a GPU; none is visible")
+    check_library_matches_checkout()
     major, minor = torch.cuda.get_device_capability()
     arch = major * 10 + minor
     _, table = tables.load_rules(arch)  # (a new arch starts from the nearest arch's table)
@@ -472,16 +473,16 @@ def main():
         _, _, candidates = CANDIDATES[key]
         rules = [r for r in table["rules"].get(key, []) if not set(r.get("ops", spec.OPS)) & set(args.ops)]
         if args.shape_set == "random":
-            rules += tune_key_on_shape_sets(args, key, table, evidence)
+            rules += tune_key_on_shape_sets(args, key, evidence)
         else:
             for op in args.ops:
                 configs = {}
                 for name, (_, shapes) in BUCKETS.items():
                     if name in measure:
                         configs[name], timings[f"{key}/{op}/{name}"] = pick(
-                            op, key, name, shapes, with_incumbents(candidates[name], table, key, op, shapes))
+                            op, key, name, shapes, with_incumbents(candidates[name], key, op, shapes))
                     else:
-                        configs[name] = table_config(table, key, op, shapes[0])
+                        configs[name] = current_config(key, op, shapes[0])
                 rules += rules_for(op, configs)
         table["rules"][key] = rules
         table["arch"] = arch

@@ -47,3 +47,15 @@ def linear_bn_gelu_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], runni
 def build_info() -> dict:
     """What this binary holds: version, the torch it was built with, and the full kernel manifest."""
     return json.loads(torch.ops.fusedops._build_info())
+
+
+def _selected_variant(op: str, precision: str, layout: str, m: int, n: int, k: int,
+                      arch: Optional[int] = None) -> dict:
+    """The manifest entry of the variant the library's rule matcher (the one dispatch runs) picks for a call of this
+    op, precision name (aot/spec.py PRECISIONS), layout and M, N, K on `arch` (default: the arch the current GPU runs,
+    FUSEDOPS_FORCE_ARCH included). For the tuner, the probe and the tests, which ask it rather than copy the rules."""
+    if arch is None:
+        major, minor = torch.cuda.get_device_capability()
+        arch = torch.ops.fusedops._arch_for_capability(major * 10 + minor)
+    name = torch.ops.fusedops._select_variant(arch, op, precision, layout, m, n, k)
+    return next(v for v in build_info()["manifest"]["variants"] if v["name"] == name)

@@ -9,6 +9,7 @@ from bench import bench as B
 from bench import cases as C
 from bench import contenders as K
 from bench import report as R
+from bench import rules as rule_learning
 from bench import seeds as S
 from bench import timing as T
 
@@ -234,37 +235,44 @@ def test_tuner_rules_follow_bucket_order_and_reuse_the_table():
     assert bounds(rules) == [(64, 1024, None, b), (64, None, 1024, d), (64, None, None, b), (256, 1024, None, d),
                              (1024, 1024, None, b), (None, None, None, c)]
     assert all(r["ops"] == ["linear_relu"] for r in rules)
-    table = {"rules": {"half": [{"ops": ["linear_relu"], "max_m": 64, "config": a},
-                                {"max_m": 64, "max_k": 1024, "config": e},
-                                {"max_m": 1024, "max_n": 1024, "config": b}, {"config": c}]}}
-    assert tune.table_config(table, "half", "linear_relu", (16, 4096, 4096)) == a
-    assert tune.table_config(table, "half", "linear_bn_gelu_relu", (16, 1024, 4096)) == b  # rule 1: relu only
-    assert tune.table_config(table, "half", "linear_bn_gelu_relu", (16, 4096, 1024)) == e
-    assert tune.table_config(table, "half", "linear_bn_gelu_relu", (16, 4096, 4096)) == c
-    assert tune.table_config(table, "half", "linear_relu", (256, 1024, 4096)) == b
-    assert tune.table_config(table, "half", "linear_relu", (256, 2048, 4096)) == c
     assert list(tune.BUCKETS)[-1] == "big" and tune.BUCKETS["big"][0] == {}  # ends with a catch-all
     # every bucket's shapes reach its own rule under first-match (a table with one distinct config per bucket)
-    own = {"rules": {"half": tune.rules_for("linear_relu", {name: {"bucket": name} for name in tune.BUCKETS})}}
+    own = [({b: r.get(b) for b in tune.BOUNDS}, r["config"]["bucket"])
+           for r in tune.rules_for("linear_relu", {name: {"bucket": name} for name in tune.BUCKETS})]
     for name, (_, shapes) in tune.BUCKETS.items():
         for shape in shapes:
-            assert tune.current_config(own, "half", "linear_relu", shape) == {"bucket": name}, (shape, name)
+            assert rule_learning.choice(own, shape) == name, (shape, name)
     for key, (_, _, candidates) in tune.CANDIDATES.items():  # every key has candidates for every bucket
         assert set(candidates) == set(tune.BUCKETS), key
 
 
-def test_tuner_times_what_the_table_runs_now():
-    """A re-measured bucket's candidates include the configs the current table gives its shapes (once each), so a
-    retune cannot replace them with something it never compared against them."""
+def test_tuner_times_what_the_table_runs_now(monkeypatch):
+    """A re-measured bucket's candidates include the configs the built library gives its shapes now (once each, a
+    candidate that spells out a knob's default counting as the same config), so a retune cannot replace them with
+    something it never compared against them."""
     from bench import tune
-    a, b, c = ({"BLOCK_M": m} for m in (16, 64, 128))
-    table = {"rules": {"half": [{"max_m": 64, "config": a}, {"max_m": 1024, "max_n": 1024, "config": b},
-                                {"config": c}]}}
-    got = tune.with_incumbents([a], table, "half", "linear_relu", [(16, 4096, 4096), (1024, 1024, 4096),
-                                                                  (2048, 1024, 4096), (4096, 4096, 1024)])
-    assert got == [a, b, c]
-    # an op the table has no rule for yet (a new epilogue): no incumbent, the candidates alone
-    assert tune.with_incumbents([a], table, "fp32_tf32", "linear_relu", [(16, 4096, 4096)]) == [a]
+    a, b, c = ({"BLOCK_M": m, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
+               for m in (16, 64, 128))
+    now = {(16, 4096, 4096): a, (1024, 1024, 4096): b, (2048, 1024, 4096): c, (4096, 4096, 1024): c}
+    monkeypatch.setattr(tune, "current_config", lambda key, op, shape: now[shape])
+    assert tune.with_incumbents([dict(a, SPLIT_K=1)], "half", "linear_relu", list(now)) == [a, b, c]
+    assert tune.with_incumbents([dict(c, KERNEL="tma")], "half", "linear_relu", [(4096, 4096, 1024)]) == \
+        [dict(c, KERNEL="tma"), c]
+
+
+def test_table_form_is_what_the_tables_write():
+    """plan.table_form (how the tuner names a built variant's config) gives back every rule's config of the shipped
+    tables as written: KERNEL unless tiled, knobs only off their defaults."""
+    from aot import plan, spec, tables
+    for arch in spec.DEFAULT_ARCHS:
+        _, table = tables.load_rules(arch)
+        configs = [r["config"] for rules in table["rules"].values() for r in rules] + \
+            [config for section in ("generic", "fallback") for config in table.get(section, {}).values()]
+        for config in configs:
+            kernel = config.get("KERNEL", "tiled")
+            full = {**spec.KERNELS[kernel]["knobs"], **spec.LAUNCHER_KNOBS, **config}
+            full.pop("KERNEL", None)
+            assert plan.table_form(kernel, full) == config, (arch, config)
 
 
 def test_tuner_run_record_keeps_every_key():
