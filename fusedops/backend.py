@@ -122,6 +122,19 @@ def _register_flattened_linear_relu(patterns):
             match.replace_by_example(_fused_linear_relu, [x, weight, bias])
 
 
+def _trace_as_inductor_sees(fn, args, **kwargs):
+    """fwd_only's trace, then the joint-graph patterns Inductor applies to a model's graph before the post-grad passes
+    (torch 2.11's, for one, drop an fp16 round trip between two fp32 ops there: the rounding between a half
+    BatchNorm's output and the GELU): the search pattern then reads as the graph it is matched against."""
+    from torch._inductor.fx_passes import joint_graph
+    from torch._inductor.pattern_matcher import fwd_only
+    gm = fwd_only(fn, args, **kwargs)
+    joint_graph.patterns.apply(gm.graph)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
 @functools.cache
 def _patterns():
     """The PatternMatcherPass holding every (op, bias, BatchNorm affine, input rank, dtype) pattern, traced once."""
@@ -133,12 +146,13 @@ def _patterns():
     skips = "skip_duplicates" in inspect.signature(register_replacement).parameters
 
     def register(search, replace, inputs, **kw):
-        try:
-            register_replacement(search, replace, inputs, fwd_only, [patterns], extra_check=_supported,
-                                 **(dict(skip_duplicates=True) if skips else {}), **kw)
-        except RuntimeError as e:
-            if skips or "Duplicate pattern" not in str(e):
-                raise
+        for trace in (fwd_only, _trace_as_inductor_sees):  # (the same pattern twice where the passes change nothing)
+            try:
+                register_replacement(search, replace, inputs, trace, [patterns], extra_check=_supported,
+                                     **(dict(skip_duplicates=True) if skips else {}), **kw)
+            except RuntimeError as e:
+                if skips or "Duplicate pattern" not in str(e):
+                    raise
 
     for dtype in DTYPES:
         def t(*shape):
