@@ -16,7 +16,7 @@ Contenders (per problem and input dtype; an fp32 input is timed at three precisi
 products, torch.set_float32_matmul_precision('highest'), i.e. allow_tf32=False; "tf32" = 'high', i.e.
 allow_tf32=True; "fp16" = fp16 operands, fp32 accumulate):
   fusedops        the fused op on the inputs as given; fp32 inputs with precision="ieee" / "tf32" / "fp16".
-                  The epilogue vectors (bias, BN statistics and affine) are passed in fp32.
+                  The epilogue vectors (bias, BN statistics and affine) are in the input dtype, as a model's.
   eager           F.linear + F.batch_norm(eval) + F.gelu + torch.relu (or F.linear + torch.relu), with every
                   tensor in the input dtype (a model.half()/.bfloat16() model). eager[fp16] on fp32 input: x is
                   cast to fp16 inside the timed call, the weight and vectors were cast once beforehand.

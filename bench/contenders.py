@@ -125,7 +125,7 @@ def make_callables(spec: Spec, case: Case, data: CaseData, seeds: Dict[str, dict
     if fam == "fusedops":
         import fusedops
         kw = {"precision": p} if case.dtype == "fp32" else {}
-        b, mean, var, gamma, beta = (v32[k] for k in VECTORS)
+        b, mean, var, gamma, beta = (vd[k] for k in VECTORS)  # a model's vectors, in its dtype (as eager's)
         if relu:
             return [("", lambda x, w: fusedops.linear_relu(x, w, b, **kw))]
         return [("", lambda x, w: fusedops.linear_bn_gelu_relu(x, w, b, mean, var, gamma, beta, reference.EPS, **kw))]

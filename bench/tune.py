@@ -233,14 +233,15 @@ def jit_runner(op, dot, config, x, w, y, vectors):
             if dot == "ieee" and torch.backends.cuda.matmul.allow_tf32:
                 raise RuntimeError("a cuBLAS-GEMM config runs 'ieee' only with TF32 off (the op's contract)")
             torch.mm(x, w.t(), out=y)
+        vec32 = [v.float() for v in vectors]  # as the launcher, which converts vectors given in x's dtype per call
         if kernel["persistent"]:  # (the TMA and the Gluon kernel take the same arguments)
             run.compiled = function[grid](
-                x, wk, y, *vectors, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta,
+                x, wk, y, *vec32, M, N, K, x.stride(0), wk.stride(0), y.stride(0), 1, 1, 1, 1e-5, grid[0], **meta,
                 **kernel.get("options", {}))
         else:
             partials = torch.empty(split_k * M * N, device=x.device, dtype=torch.float32) if split_k > 1 else unused
             run.compiled = function[(tiles * split_k,)](
-                x, wk, y, *vectors, M, N, K, x.stride(0), x.stride(1), wk.stride(0), wk.stride(1), y.stride(0),
+                x, wk, y, *vec32, M, N, K, x.stride(0), x.stride(1), wk.stride(0), wk.stride(1), y.stride(0),
                 y.stride(1), 1, 1, 1, 1e-5, partials, counters, **meta)
         return y
     return run  # run.compiled: the kernel Triton compiled for it, once it has run
@@ -252,7 +253,7 @@ def tuning_inputs(op, dtype, shape):
     g = torch.Generator(device="cuda").manual_seed(M * 7 + N * 3 + K)
     x = torch.randn(M, K, device="cuda", generator=g).to(dtype)
     w = (torch.randn(N, K, device="cuda", generator=g) * K ** -0.5).to(dtype)
-    vec = [torch.rand(N, device="cuda", generator=g) + 0.5 for _ in range(5)]
+    vec = [(torch.rand(N, device="cuda", generator=g) + 0.5).to(dtype) for _ in range(5)]  # as a model holds them
     with torch.no_grad():
         ref = composite(op)(*(t.double() for t in (x, w, *vec)))
     return x, w, vec, ref
