@@ -5,6 +5,7 @@ that asks for something the kernels cannot do fails the build with the rule to f
 """
 from aot import spec, tables
 
+
 def table_form(kernel, config):
     """A variant's config as a tuning table writes it (what plan_variants expands): KERNEL unless the kernel is
     "tiled", knobs only where they differ from their defaults."""

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.contenders import composite  # noqa: E402
-from fusedops.reference import EPS, SEED_PROBLEMS, rel_err  # noqa: E402
+from fusedops.reference import EPS, SEED_PROBLEMS, precision_name, rel_err  # noqa: E402
 from bench.timing import round_order, time_cuda  # noqa: E402
 from aot import plan  # noqa: E402
 from bench.tune import cfg, coop, jit_runner, tma, wgmma  # noqa: E402
@@ -95,8 +95,7 @@ def reference_kind(op, dtype, dot):
 def table_config(op, M, N, K, dtype, dot):
     """(label, config) of the variant the shipped library's rules give this aligned call on this GPU."""
     from fusedops._ops import _selected_variant
-    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, f"fp32_{dot}")
-    v = _selected_variant(op, name, "aligned", M, N, K)
+    v = _selected_variant(op, precision_name(dtype, dot), "aligned", M, N, K)  # (dot is never "auto" here)
     return f"table: {v['name'].split('__')[-1]}", plan.table_form(v["kernel"], v["config"])
 
 

@@ -120,7 +120,8 @@ FP32_BIG = [cfg(128, 128, 32, 8, 4), cfg(128, 256, 32, 8, 3), cfg(128, 128, 64, 
 # fp32 in, fp16 tensor cores: with the weight rounded once per call the kernel converts x's tiles only. Candidates
 # whose register-A wgmma stay in flight across the conversions are refused (undefined results: NaN seen on the H100):
 # with triton 3.8 that is every TMA one here; the Gluon kernel keeps one in flight safely.
-FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 128, 64, 8, 3, w16=True), cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1),
+FP32_FP16_BIG = FP32_BIG + [tma(128, 256, 32, 8, 3, w16=True), tma(128, 128, 64, 8, 3, w16=True),
+                            cfg(128, 256, 32, 8, 3, WEIGHT_FP16=1),
                             cfg(128, 256, 32, 8, 4, WEIGHT_FP16=1), wgmma(128, 256, 64, 8, 3),
                             wgmma(128, 256, 32, 8, 4), wgmma(128, 256, 32, 8, 5)]
 SKINNY_FP32 = [cfg(64, 64, 64, 4, 4), cfg(64, 32, 128, 4, 3), cfg(64, 32, 64, 4, 4), cfg(32, 32, 128, 4, 3),
